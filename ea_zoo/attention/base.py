@@ -1,0 +1,205 @@
+"""The one interface every attention backend implements.
+
+An attention backend is an ``nn.Module`` that maps ``x`` of shape (B, L, D) to (B, L, D).
+It owns its projections and names them as timm's ``Attention`` does (``qkv``, ``q_norm``,
+``k_norm``, ``norm``, ``proj``), so a softmax-attention checkpoint loads into any backend and
+any backend class can be handed to timm's ``VisionTransformer(attn_layer=...)``.
+
+A backend subclass implements three things:
+
+* ``attend(q, k, v, key_padding_mask, causal)``: the mixing on projected heads,
+  q, k, v of shape (B, H, L, d) -> (B, H, L, d). It calls :mod:`ea_zoo.functional`.
+* ``init_state`` / ``step_attend``: one decoding step on a single token's heads,
+  q_t, k_t, v_t of shape (B, H, d) -> (B, H, d), carrying a dict of tensors.
+* ``state_numel(seq_len)``: how many numbers one sequence keeps to decode token L + 1.
+
+Class attributes describe the backend to tools and users:
+
+* ``recurrent``: True when the decoding state has a fixed size, independent of L
+  (linear attention, EA-series, AFT-simple/local, ...). SA and full EA decode with a cache
+  that grows with L, so they are not recurrent, but they still ``step``.
+* ``supports_step``: False for a backend that cannot decode token by token; ``step`` then
+  raises :class:`StepNotSupportedError`.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Dict, Optional, Tuple, Type
+
+import torch
+from torch import nn
+
+from ea_zoo.functional.checks import check_key_padding_mask
+
+State = Dict[str, Any]
+
+
+class StepNotSupportedError(NotImplementedError):
+    """Raised by :meth:`AttentionBase.step` on a backend that has no recurrent form."""
+
+
+class AttentionBase(nn.Module):
+    """Base class of all ea_zoo attention backends (timm ``attn_layer`` compatible).
+
+    Args:
+        dim: model width D; input and output are (B, L, D).
+        num_heads: number of heads H; D must be divisible by H (head width d = D / H).
+        qkv_bias: bias in the fused ``qkv`` projection.
+        qk_norm: normalise q and k per head with ``norm_layer(d)`` (timm's ``q_norm``/``k_norm``).
+        scale_norm: normalise the mixed output with ``norm_layer(D)`` before ``proj``.
+        proj_bias: bias in the output projection.
+        attn_drop: dropout on attention weights. Only backends that form explicit weights
+            (softmax attention) apply it; the others accept and ignore it.
+        proj_drop: dropout after the output projection.
+        norm_layer: constructor for the q/k/output norms; ``nn.LayerNorm`` when None.
+        causal: default causal mode of ``forward``; ``forward(is_causal=...)`` overrides it.
+        device, dtype: factory kwargs for the parameters.
+    """
+
+    recurrent: ClassVar[bool] = False
+    supports_step: ClassVar[bool] = True
+    #: equation number(s) in Feng 2025 (or the cited paper) this backend implements
+    paper_equation: ClassVar[str] = ""
+    #: name under which the backend is registered (set by ``register_attention``)
+    attention_name: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = False,
+        qk_norm: bool = False,
+        scale_norm: bool = False,
+        proj_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        norm_layer: Optional[Type[nn.Module]] = None,
+        device=None,
+        dtype=None,
+        *,
+        causal: bool = False,
+    ) -> None:
+        super().__init__()
+        if not isinstance(dim, int) or dim <= 0:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        if not isinstance(num_heads, int) or num_heads <= 0 or dim % num_heads != 0:
+            raise ValueError(
+                f"num_heads must be a positive int dividing dim={dim}, got {num_heads!r}"
+            )
+        dd = {"device": device, "dtype": dtype}
+        norm_layer = norm_layer or nn.LayerNorm
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.causal = bool(causal)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **dd)
+        self.q_norm = norm_layer(self.head_dim, **dd) if qk_norm else nn.Identity()
+        self.k_norm = norm_layer(self.head_dim, **dd) if qk_norm else nn.Identity()
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.norm = norm_layer(dim, **dd) if scale_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim, bias=proj_bias, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    # ------------------------------------------------------------------ helpers
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_heads={self.num_heads}, causal={self.causal}"
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 3:
+            raise ValueError(f"expected x of shape (B, L, D={self.dim}), got shape {tuple(x.shape)}")
+        if x.shape[-1] != self.dim:
+            raise ValueError(
+                f"expected last dimension D={self.dim} (the module's dim), got {x.shape[-1]} "
+                f"(x shape {tuple(x.shape)})"
+            )
+
+    def project(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, L, D) -> q, k, v each (B, H, L, d), with ``q_norm``/``k_norm`` applied."""
+        B, L, _ = x.shape
+        qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        return self.q_norm(q), self.k_norm(k), v
+
+    def merge_heads(self, o: torch.Tensor) -> torch.Tensor:
+        """(B, H, L, d) -> (B, L, D) through ``norm``, ``proj`` and ``proj_drop``."""
+        B, H, L, d = o.shape
+        o = o.transpose(1, 2).reshape(B, L, H * d)
+        return self.proj_drop(self.proj(self.norm(o)))
+
+    # ------------------------------------------------------------------ parallel form
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        key_padding_mask: Optional[torch.Tensor],
+        causal: bool,
+    ) -> torch.Tensor:
+        """Mix projected heads: q, k, v (B, H, L, d) -> (B, H, L, d). Implemented per backend."""
+        raise NotImplementedError
+
+    def prepare_mask(self, attn_mask: Optional[torch.Tensor], batch: int, seq_len: int):
+        """Validate ``attn_mask`` as a (B, L) key-padding mask (True = keep).
+
+        Backends that accept other mask forms (softmax attention takes timm's broadcastable
+        masks) override this.
+        """
+        return check_key_padding_mask(attn_mask, batch, seq_len)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: Optional[torch.Tensor] = None,
+        is_causal: Optional[bool] = None,
+    ) -> torch.Tensor:
+        """x (B, L, D) -> (B, L, D).
+
+        Args:
+            x: input tokens.
+            attn_mask: key-padding mask (B, L), bool, True = keep. Padded keys have no
+                influence on any output.
+            is_causal: overrides the constructor's ``causal`` when not None.
+        """
+        self._check_input(x)
+        B, L, _ = x.shape
+        mask = self.prepare_mask(attn_mask, B, L)
+        causal = self.causal if is_causal is None else bool(is_causal)
+        q, k, v = self.project(x)
+        o = self.attend(q, k, v, mask, causal)
+        return self.merge_heads(o.to(v.dtype))
+
+    # ------------------------------------------------------------------ recurrent form
+    def init_state(self, batch_size: int, device=None, dtype=None) -> State:
+        """Empty decoding state for ``batch_size`` sequences."""
+        self._require_step()
+        raise NotImplementedError
+
+    def step_attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State
+    ) -> Tuple[torch.Tensor, State]:
+        """One causal step on heads q, k, v (B, H, d) -> (B, H, d), new state."""
+        raise NotImplementedError
+
+    def step(self, x_t: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
+        """Decode one token: x_t (B, D) -> y_t (B, D), new state.
+
+        Feeding tokens 1..L one at a time reproduces the causal ``forward`` on the whole
+        sequence, token by token.
+        """
+        self._require_step()
+        if x_t.dim() != 2 or x_t.shape[-1] != self.dim:
+            raise ValueError(f"step expects x_t of shape (B, D={self.dim}), got {tuple(x_t.shape)}")
+        q, k, v = self.project(x_t[:, None, :])
+        o, state = self.step_attend(q[:, :, 0], k[:, :, 0], v[:, :, 0], state)
+        y = self.merge_heads(o[:, :, None, :].to(v.dtype))
+        return y[:, 0], state
+
+    def _require_step(self) -> None:
+        if not self.supports_step:
+            raise StepNotSupportedError(
+                f"attention backend {type(self).__name__!r} has no recurrent/decoding form; "
+                "use a backend whose `supports_step` is True"
+            )
+
+    def state_numel(self, seq_len: int) -> int:
+        """Numbers kept per sequence (all layers' worth is the caller's sum) to decode token L+1."""
+        raise NotImplementedError
