@@ -1,0 +1,86 @@
+"""``ea``: full element-wise attention (Feng 2025, eq. 1-2) as an attention backend."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from ea_zoo.attention.base import AttentionBase, State
+from ea_zoo.functional.ea import ea, ea_init_state, ea_step
+from ea_zoo.registry import register_attention
+
+
+@register_attention("ea")
+class ElementwiseAttention(AttentionBase):
+    """Full EA: y_i = sum_j e^{-(q_i-k_j)^2/tau} v_j / sum_j e^{-(q_i-k_j)^2/tau}, per channel.
+
+    x (B, L, D) -> (B, L, D). Heads only group channels for ``qk_norm`` (timm layout); the
+    mixing is per channel. O(L^2 D) compute, O(L D) memory (blocked, see
+    :func:`ea_zoo.functional.ea`). Decodes from a cache of past keys/values (not recurrent).
+
+    Args (besides :class:`AttentionBase`'s):
+        temperature: tau in e^{-(q-k)^2 / tau}; 1.0 is the paper's eq. 2. q and k are
+            scaled by tau^(-1/2) before the functional call.
+        learn_temperature: make log(tau) a learnable parameter, one per head.
+        max_block_elements: memory bound of the blocked reference (elements of one
+            (block, L, D) similarity block).
+    """
+
+    paper_equation = "eq. 1-2"
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = False,
+        qk_norm: bool = False,
+        scale_norm: bool = False,
+        proj_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        norm_layer=None,
+        device=None,
+        dtype=None,
+        *,
+        causal: bool = False,
+        temperature: float = 1.0,
+        learn_temperature: bool = False,
+        max_block_elements: int = 1 << 24,
+    ) -> None:
+        super().__init__(
+            dim, num_heads, qkv_bias, qk_norm, scale_norm, proj_bias, attn_drop, proj_drop,
+            norm_layer, device, dtype, causal=causal,
+        )
+        if not (isinstance(temperature, (int, float)) and temperature > 0):
+            raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+        log_tau = torch.full((num_heads,), math.log(float(temperature)), device=device, dtype=dtype)
+        if learn_temperature:
+            self.log_temperature = nn.Parameter(log_tau)
+        else:
+            self.register_buffer("log_temperature", log_tau, persistent=False)
+        self.max_block_elements = int(max_block_elements)
+
+    def scale_qk(self, q: torch.Tensor, k: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Divide q, k (B, H, ..., d) by sqrt(tau_h)."""
+        s = torch.exp(-0.5 * self.log_temperature).to(q.dtype)
+        s = s.view(1, -1, *([1] * (q.dim() - 2)))
+        return q * s, k * s
+
+    def attend(self, q, k, v, key_padding_mask, causal):
+        q, k = self.scale_qk(q, k)
+        return ea(q, k, v, causal=causal, key_padding_mask=key_padding_mask,
+                  max_block_elements=self.max_block_elements)
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> State:
+        self._require_step()
+        cd = torch.float64 if dtype == torch.float64 else torch.float32
+        return ea_init_state((batch_size, self.num_heads, self.head_dim), device=device, dtype=cd)
+
+    def step_attend(self, q, k, v, state):
+        q, k = self.scale_qk(q, k)
+        return ea_step(q, k, v, state)
+
+    def state_numel(self, seq_len: int) -> int:
+        return 2 * seq_len * self.dim

@@ -1,0 +1,64 @@
+"""``ea_series``: EA with a Taylor polynomial (Feng 2025, eq. 5-6; recurrent eq. 7-16).
+
+Aliases ``ea2``, ``ea4``, ``ea6``, ``ea8`` bind ``order``.
+"""
+from __future__ import annotations
+
+import torch
+
+from ea_zoo.attention.base import State
+from ea_zoo.attention.ea import ElementwiseAttention
+from ea_zoo.functional.ea_series import check_order, ea_series, ea_series_init_state, ea_series_step
+from ea_zoo.registry import register_alias, register_attention
+
+
+@register_attention("ea_series")
+class EASeriesAttention(ElementwiseAttention):
+    """EA-t: full EA with e^{2qk} replaced by its Taylor polynomial of highest degree t.
+
+    x (B, L, D) -> (B, L, D), O(t L D) compute and memory; decodes with a fixed state of
+    2 (t + 1) D numbers (+ D for the running stabiliser), independent of L.
+
+    Args (besides :class:`ElementwiseAttention`'s ``temperature``, ``learn_temperature``):
+        order: highest Taylor degree t, even (default 6). Odd raises ValueError unless
+            ``allow_odd=True``.
+        allow_odd: accept odd orders (weights may turn negative).
+
+    Default scale: ``temperature=1`` and ``qk_norm=False`` reproduce the paper's formula.
+    The polynomial is accurate while |2 q k| / tau stays small; turn on ``qk_norm`` and/or
+    raise ``temperature`` when q, k grow (see README, "EA-series approximation error").
+    """
+
+    recurrent = True
+    paper_equation = "eq. 5-6 (recurrent: eq. 7-16)"
+
+    def __init__(self, dim: int, num_heads: int = 8, *args, order: int = 6, allow_odd: bool = False, **kwargs) -> None:
+        check_order(order, allow_odd)  # fail before any parameter is built
+        kwargs.pop("max_block_elements", None)
+        super().__init__(dim, num_heads, *args, **kwargs)
+        self.order = order
+        self.allow_odd = allow_odd
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", order={self.order}"
+
+    def attend(self, q, k, v, key_padding_mask, causal):
+        q, k = self.scale_qk(q, k)
+        return ea_series(q, k, v, order=self.order, causal=causal,
+                         key_padding_mask=key_padding_mask, allow_odd=self.allow_odd)
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> State:
+        self._require_step()
+        cd = torch.float64 if dtype == torch.float64 else torch.float32
+        return ea_series_init_state((batch_size, self.num_heads, self.head_dim), self.order, device=device, dtype=cd)
+
+    def step_attend(self, q, k, v, state):
+        q, k = self.scale_qk(q, k)
+        return ea_series_step(q, k, v, state, order=self.order, allow_odd=self.allow_odd)
+
+    def state_numel(self, seq_len: int) -> int:
+        return 2 * (self.order + 1) * self.dim + self.dim
+
+
+for _t in (2, 4, 6, 8):
+    register_alias(f"ea{_t}", "ea_series", order=_t)

@@ -1,0 +1,188 @@
+"""EA-series: element-wise attention with exp(2 q k) replaced by its Taylor polynomial.
+
+Feng 2025, section 3.2-3.3. Per channel c (all operations element-wise),
+
+    y_i = sum_j e^{-k_j^2} P_t(2 q_i k_j) v_j / sum_j e^{-k_j^2} P_t(2 q_i k_j)       (eq. 3-5)
+
+with P_t(x) = sum_{n=0}^{t} x^n / n! the Taylor polynomial of highest degree t ("EA-t" has
+t + 1 terms; this project's reading of the paper). Pulling q out of the sums gives
+
+    y_i = sum_n c_n q_i^n S_n / sum_n c_n q_i^n Z_n,   c_n = 2^n / n!,
+    S_n = sum_j k_j^n e^{-k_j^2} v_j,   Z_n = sum_j k_j^n e^{-k_j^2}                   (eq. 5)
+
+which costs O(t L D). The causal form replaces the sums over j by prefix sums over j <= i
+(eq. 6); the recurrent form carries S_n and Z_n, (t + 1) x D numbers each (eq. 7-16).
+
+An even t keeps P_t(x) > 0 for every real x, so every weight is positive and the output is
+a convex combination of the values. Odd t can make weights negative; it is refused unless
+``allow_odd=True``.
+
+Numerics (all paths accumulate in float32, or float64 for float64 inputs):
+
+* e^{-k^2} underflows for |k| > 9.3 in float32. Every weight of a channel is scaled by the
+  same factor e^{r} with r the smallest k_j^2 of that channel over the valid keys; the factor
+  cancels in the ratio. The parallel causal form uses that per-sequence r too, so past outputs
+  depend on future keys only through rounding. The recurrent form keeps a running minimum
+  and rescales its state when it drops, so decoding never needs future keys.
+* A query with no valid key (all masked) outputs 0 (``safe_ratio``), with finite gradients.
+* The polynomial is accurate only while |2 q k| is small (see ``taylor_remainder_bound``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from ea_zoo.functional.checks import check_qkv, expand_key_mask
+from ea_zoo.functional.numerics import compute_dtype, safe_ratio
+
+__all__ = [
+    "check_order",
+    "taylor_coefficients",
+    "ea_series",
+    "ea_series_init_state",
+    "ea_series_step",
+    "taylor_remainder_bound",
+]
+
+
+def check_order(order: int, allow_odd: bool = False) -> int:
+    """Validate the Taylor order t (highest degree). Even and >= 0 unless ``allow_odd``."""
+    if isinstance(order, bool) or not isinstance(order, int):
+        raise TypeError(f"order must be an int (the highest Taylor degree t), got {order!r}")
+    if order < 0:
+        raise ValueError(f"order must be a non-negative even int (e.g. 2, 4, 6, 8), got {order}")
+    if order % 2 == 1 and not allow_odd:
+        raise ValueError(
+            f"order={order} is odd: a Taylor polynomial of odd highest degree of exp(x) has a "
+            "real root, so some attention weights e^(-k^2) P_t(2qk) become negative and the "
+            "output is no longer a convex combination of the values. Use an even order "
+            f"({order - 1} or {order + 1}), or pass allow_odd=True to accept this."
+        )
+    return order
+
+
+def taylor_coefficients(order: int) -> List[float]:
+    """c_n = 2^n / n! for n = 0..order: the coefficients of P_t(2 q k) in powers of q k (eq. 7)."""
+    return [2.0**n / math.factorial(n) for n in range(order + 1)]
+
+
+def taylor_remainder_bound(x: float, order: int) -> float:
+    """Relative error |e^x - P_t(x)| / e^x of the order-t Taylor polynomial at x (for tables)."""
+    p = sum(x**n / math.factorial(n) for n in range(order + 1))
+    return abs(math.exp(x) - p) / math.exp(x)
+
+
+def _powers(x: torch.Tensor, order: int, first: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """stack([first * x^0, first * x^1, ..., first * x^order]) along a new leading dim."""
+    cur = torch.ones_like(x) if first is None else first
+    out = [cur]
+    for _ in range(order):
+        cur = cur * x
+        out.append(cur)
+    return torch.stack(out, 0)
+
+
+def _query_polynomial(q: torch.Tensor, order: int) -> torch.Tensor:
+    """(order+1, ..., L, D): c_n q^n."""
+    coef = torch.tensor(taylor_coefficients(order), dtype=q.dtype, device=q.device)
+    return _powers(q, order) * coef.view(-1, *([1] * q.dim()))
+
+
+def ea_series(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    order: int = 6,
+    causal: bool = False,
+    key_padding_mask: Optional[torch.Tensor] = None,
+    allow_odd: bool = False,
+) -> torch.Tensor:
+    """EA-series attention, eq. 5 (non-causal) and eq. 6 (causal).
+
+    Args:
+        q, k, v: (B, L, D) or (B, H, L, d); every channel is independent.
+        order: highest Taylor degree t (even; ``allow_odd`` to accept odd).
+        causal: token i attends to j <= i only (eq. 6).
+        key_padding_mask: (B, L) bool, True = keep; padded keys get weight 0.
+
+    Returns:
+        (same shape as v), in v's dtype.
+    """
+    check_order(order, allow_odd)
+    check_qkv(q, k, v, "ea_series")
+    if causal and q.shape[-2] != k.shape[-2]:
+        raise ValueError(f"ea_series: causal needs as many queries as keys, got {q.shape[-2]} and {k.shape[-2]}")
+    out_dtype = v.dtype
+    cd = compute_dtype(q)
+    q, k, v = q.to(cd), k.to(cd), v.to(cd)
+    km = expand_key_mask(key_padding_mask, k)
+
+    k2 = k * k
+    k2_valid = k2 if km is None else k2.masked_fill(~km, float("inf"))
+    ref = k2_valid.amin(dim=-2, keepdim=True)
+    ref = torch.where(torch.isfinite(ref), ref, torch.zeros_like(ref)).detach()
+    w = torch.exp(ref - k2)  # e^{-k^2} up to a per-channel factor
+    if km is not None:
+        w = w * km
+
+    kpow = _powers(k, order, first=w)  # (t+1, ..., L, D): k^n e^{-k^2}
+    if causal:
+        z = kpow.cumsum(-2)
+        s = (kpow * v).cumsum(-2)
+    else:
+        z = kpow.sum(-2, keepdim=True)
+        s = (kpow * v).sum(-2, keepdim=True)
+    qpoly = _query_polynomial(q, order)
+    num = (qpoly * s).sum(0)
+    den = (qpoly * z).sum(0)
+    return safe_ratio(num, den).to(out_dtype)
+
+
+def ea_series_init_state(
+    shape: Tuple[int, ...], order: int, device=None, dtype=torch.float32
+) -> Dict[str, torch.Tensor]:
+    """Empty recurrent state for heads of shape ``shape`` = (B, ..., D) (eq. 8-9).
+
+    s, z: (order+1, B, ..., D) zeros; ref: (B, ..., D) running min of k^2 (+inf: no key yet).
+    """
+    return {
+        "s": torch.zeros((order + 1, *shape), device=device, dtype=dtype),
+        "z": torch.zeros((order + 1, *shape), device=device, dtype=dtype),
+        "ref": torch.full(shape, float("inf"), device=device, dtype=dtype),
+    }
+
+
+def ea_series_step(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    state: Dict[str, torch.Tensor],
+    order: int = 6,
+    allow_odd: bool = False,
+) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """One recurrent step, eq. 10-16: q, k, v (B, ..., D) -> y (B, ..., D), new state.
+
+    The state's ``ref`` is the running min of k^2; when it drops, s and z are rescaled by
+    e^{new - old} so the stored sums never underflow.
+    """
+    check_order(order, allow_odd)
+    if state["s"].shape[0] != order + 1:
+        raise ValueError(
+            f"state holds {state['s'].shape[0] - 1}th-order sums but order={order} was given"
+        )
+    out_dtype = v.dtype
+    cd = state["s"].dtype
+    q, k, v = q.to(cd), k.to(cd), v.to(cd)
+    k2 = k * k
+    ref_old = state["ref"]
+    ref = torch.minimum(ref_old, k2)
+    decay = torch.exp(ref - ref_old)  # 0 when ref_old is +inf (empty state)
+    w = torch.exp(ref - k2)
+    kpow = _powers(k, order, first=w)  # (t+1, B, ..., D)
+    s = state["s"] * decay + kpow * v
+    z = state["z"] * decay + kpow
+    qpoly = _query_polynomial(q, order)
+    y = safe_ratio((qpoly * s).sum(0), (qpoly * z).sum(0))
+    return y.to(out_dtype), {"s": s, "z": z, "ref": ref}

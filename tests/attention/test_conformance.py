@@ -1,0 +1,209 @@
+"""The interface contract, checked for every registered attention name (aliases included)."""
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import ea_zoo
+from ea_zoo import AttentionBase, StepNotSupportedError, create_attention, list_attentions
+
+NAMES = list_attentions()
+D, H = 16, 2
+
+
+def make(name, causal=False, dtype=torch.float64, **kw):
+    if name in ("aft_full", "aft_local"):
+        kw.setdefault("max_len", 64)
+    torch.manual_seed(0)
+    m = create_attention(name, dim=D, num_heads=H, causal=causal, **kw).to(dtype)
+    m.eval()
+    return m
+
+
+def test_all_required_names_registered():
+    required = {"sa", "la", "aft_full", "aft_simple", "aft_local", "hedgehog", "taylor", "ea",
+                "ea_series", "ea2", "ea4", "ea6", "ea8", "la_identity"}
+    assert required <= set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_shape_and_dtype(name, causal):
+    m = make(name, causal, dtype=torch.float32)
+    x = torch.randn(2, 13, D)
+    y = m(x)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert torch.isfinite(y).all()
+    assert isinstance(m, AttentionBase)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_causal_leaks_nothing_from_future(name):
+    m = make(name, causal=True)
+    x = torch.randn(2, 11, D, dtype=torch.float64)
+    y = m(x)
+    for i in (0, 4, 9):
+        x2 = x.clone()
+        x2[:, i + 1:] = torch.randn_like(x2[:, i + 1:]) * 3
+        y2 = m(x2)
+        torch.testing.assert_close(y2[:, : i + 1], y[:, : i + 1], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_is_causal_overrides_constructor(name):
+    m = make(name, causal=False)
+    x = torch.randn(1, 9, D, dtype=torch.float64)
+    mc = make(name, causal=True)
+    mc.load_state_dict(m.state_dict())
+    torch.testing.assert_close(m(x, is_causal=True), mc(x))
+    torch.testing.assert_close(mc(x, is_causal=False), m(x))
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_padded_keys_change_nothing(name, causal):
+    m = make(name, causal)
+    B, L = 3, 12
+    x = torch.randn(B, L, D, dtype=torch.float64)
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[0, 8:] = False          # right padding
+    mask[1, :3] = False          # left padding
+    mask[2, [2, 5, 6]] = False   # holes
+    y = m(x, attn_mask=mask)
+    x2 = x.clone()
+    x2[~mask] = torch.randn_like(x2[~mask]) * 5
+    y2 = m(x2, attn_mask=mask)
+    keep = mask.unsqueeze(-1).expand_as(y)
+    torch.testing.assert_close(y2[keep], y[keep], rtol=1e-10, atol=1e-10)
+    assert torch.isfinite(y).all() and torch.isfinite(y2).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_fully_masked_sequence_is_finite(name, causal):
+    m = make(name, causal)
+    x = torch.randn(2, 7, D, dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[1] = False
+    y = m(x, attn_mask=mask)
+    assert torch.isfinite(y).all()
+    y.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES])
+def test_step_reproduces_parallel_causal(name):
+    m = make(name, causal=True)
+    if not m.supports_step:
+        pytest.fail(f"{name} has no step; every current backend is expected to decode")
+    B, L = 2, 10
+    x = torch.randn(B, L, D, dtype=torch.float64)
+    y = m(x)
+    state = m.init_state(B, device=x.device, dtype=torch.float64)
+    ys = []
+    for t in range(L):
+        yt, state = m.step(x[:, t], state)
+        ys.append(yt)
+    ys = torch.stack(ys, 1)
+    rel = (ys - y).norm() / y.norm()
+    assert rel < 1e-9, f"{name}: step vs parallel relative error {rel:.3e}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_numel_matches_state_and_recurrence(name):
+    m = make(name, causal=True)
+    B = 2
+    x = torch.randn(B, 12, D, dtype=torch.float64)
+    state = m.init_state(B, dtype=torch.float64)
+    for t in range(x.shape[1]):
+        _, state = m.step(x[:, t], state)
+    held = sum(v.numel() for v in state.values() if torch.is_tensor(v)) // B
+    assert held <= m.state_numel(12), (held, m.state_numel(12))
+    if m.recurrent:
+        assert m.state_numel(100) == m.state_numel(10_000)
+    else:
+        assert m.state_numel(10_000) > m.state_numel(100)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_gradcheck_float64(name, causal):
+    m = make(name, causal)
+    x = torch.randn(1, 5, D, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[True, True, False, True, True]])
+    assert torch.autograd.gradcheck(lambda inp: m(inp, attn_mask=mask), (x,), eps=1e-6, atol=1e-5, fast_mode=True)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_long_sequence_finite(name, dtype):
+    kw = {"max_len": 4096} if name in ("aft_full", "aft_local") else {}
+    m = make(name, causal=name in ("ea", "sa"), dtype=dtype, **kw)
+    x = (torch.randn(1, 4096, D) * 3).to(dtype)
+    with torch.no_grad():
+        y = m(x)
+    assert y.dtype == dtype
+    assert torch.isfinite(y.float()).all()
+    if m.causal is False:
+        with torch.no_grad():
+            yc = m(x, is_causal=True)
+        assert torch.isfinite(yc.float()).all()
+
+
+# ------------------------------------------------------------------ bad input
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError, match="valid names: .*ea6"):
+        create_attention("ea7x", dim=D)
+
+
+def test_unknown_option_is_named():
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['ordr'\].*order"):
+        create_attention("ea_series", dim=D, ordr=6)
+
+
+@pytest.mark.parametrize("order", [3, 5, -2])
+def test_odd_or_negative_order_refused(order):
+    with pytest.raises(ValueError, match="order"):
+        create_attention("ea_series", dim=D, order=order)
+
+
+def test_odd_order_opt_in():
+    m = create_attention("ea_series", dim=D, num_heads=H, order=3, allow_odd=True)
+    assert m(torch.randn(1, 4, D)).shape == (1, 4, D)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_wrong_last_dimension(name):
+    m = make(name, dtype=torch.float32)
+    with pytest.raises(ValueError, match=f"D={D}"):
+        m(torch.randn(2, 5, D + 1))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_mask_of_wrong_shape(name):
+    m = make(name, dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"\(B, L\) = \(2, 5\)"):
+        m(torch.randn(2, 5, D), attn_mask=torch.ones(2, 6, dtype=torch.bool))
+
+
+def test_config_forms():
+    a = create_attention({"name": "ea_series", "order": 4, "causal": True}, dim=D, num_heads=H)
+    b = create_attention(OmegaConf.create({"name": "ea4", "causal": True}), dim=D, num_heads=H)
+    assert a.order == b.order == 4 and a.causal and b.causal
+    with pytest.raises(ValueError, match="'name'"):
+        create_attention({"order": 4}, dim=D)
+    assert ea_zoo.get_attention_cls("ea6") is ea_zoo.get_attention_cls("ea_series")
+    assert create_attention("la_identity", dim=D, num_heads=H).feature_map == "identity"
+
+
+def test_step_on_backend_without_recurrent_form_is_a_clear_error():
+    class NoStep(AttentionBase):
+        supports_step = False
+
+        def attend(self, q, k, v, key_padding_mask, causal):
+            return v
+
+    m = NoStep(D, num_heads=H)
+    with pytest.raises(StepNotSupportedError, match="NoStep"):
+        m.init_state(1)
+    with pytest.raises(StepNotSupportedError, match="supports_step"):
+        m.step(torch.randn(1, D), {})
