@@ -15,6 +15,8 @@ SUBCOMMANDS = {
     "complexity": ("ea_zoo.analysis.complexity", "Table 1 measured: FLOPs, memory, state, time vs L, D, t"),
     "train-cost": ("ea_zoo.analysis.train_cost", "Figure 4: training memory, BS-L curve, throughput"),
     "infer-cost": ("ea_zoo.analysis.infer_cost", "Figure 5: decoding memory and latency"),
+    "train": ("ea_zoo.train.run", "train one experiment config (Lightning)"),
+    "ablate": ("ea_zoo.train.ablate", "Tables 3-4 grids over backends and seeds"),
 }
 
 
