@@ -1,0 +1,67 @@
+"""AFT-full (Zhai et al. 2021; Feng 2025 eq. 19): learned pairwise position biases w (L x L)."""
+from __future__ import annotations
+
+from typing import Optional, Type
+
+import torch
+from torch import nn
+
+from ea_zoo.attention.aft import AFTBase
+from ea_zoo.registry import register_attention
+
+
+@register_attention("aft_full")
+class AFTFull(AFTBase):
+    """AFT-full: ``y_i = sigmoid(q_i) * sum_j e^{k_j + w_ij} v_j / sum_j e^{k_j + w_ij}``.
+
+    x (B, L, D) -> (B, L, D). ``pos_bias`` w is a (max_len, max_len) parameter (init 0)
+    shared by all channels; a sequence uses its top-left (L, L) block, and L > max_len is a
+    ValueError. O(L^2 D) compute, O(L D + L^2) memory. Decoding caches every past k, v
+    (2 L D numbers, at most max_len tokens), so it is not recurrent.
+
+    Args (besides :class:`~ea_zoo.attention.base.AttentionBase`'s):
+        max_len: longest sequence (size of w).
+    """
+
+    recurrent = False
+    supports_step = True
+    paper_equation = "19 (AFT-full, Zhai et al. 2021)"
+    _cache_limit = None
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = False,
+        qk_norm: bool = False,
+        scale_norm: bool = False,
+        proj_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        norm_layer: Optional[Type[nn.Module]] = None,
+        device=None,
+        dtype=None,
+        *,
+        causal: bool = False,
+        max_len: int = 1024,
+    ) -> None:
+        super().__init__(dim, num_heads, qkv_bias, qk_norm, scale_norm, proj_bias, attn_drop,
+                         proj_drop, norm_layer, device, dtype, causal=causal)
+        if not isinstance(max_len, int) or max_len <= 0:
+            raise ValueError(f"max_len must be a positive int, got {max_len!r}")
+        self.max_len = max_len
+        self.pos_bias = nn.Parameter(torch.zeros(max_len, max_len, device=device, dtype=dtype))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, max_len={self.max_len}"
+
+    def position_bias(self, seq_len: int) -> torch.Tensor:
+        self._check_len(seq_len, self.max_len)
+        return self.pos_bias[:seq_len, :seq_len]
+
+    def _step_bias(self, t: int, n_cached: int) -> torch.Tensor:
+        self._check_len(t + 1, self.max_len)
+        return self.pos_bias[t, t + 1 - n_cached: t + 1]
+
+    def state_numel(self, seq_len: int) -> int:
+        return 2 * seq_len * self.dim

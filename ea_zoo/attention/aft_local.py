@@ -1,0 +1,80 @@
+"""AFT-local (Zhai et al. 2021; Feng 2025 eq. 19): learned biases inside a band |i - j| < window."""
+from __future__ import annotations
+
+from typing import Optional, Type
+
+import torch
+from torch import nn
+
+from ea_zoo.attention.aft import AFTBase
+from ea_zoo.registry import register_attention
+
+
+@register_attention("aft_local")
+class AFTLocal(AFTBase):
+    """AFT-local: eq. 19 with ``w_ij`` learned for ``|i - j| < window`` and 0 outside.
+
+    x (B, L, D) -> (B, L, D). Outside the window the bias is 0, not -inf: every key still
+    contributes (``e^{k_j}``), so the mixing stays global. Only the band is stored:
+    ``pos_bias[i, r] = w_{i, i + r - (window - 1)}``, shape (max_len, 2 window - 1), init 0;
+    L > max_len is a ValueError. Parallel form O(L^2 D) (dense w). Decoding is recurrent:
+    AFT-simple running sums of the keys that left the window plus a cache of the last
+    ``window`` keys/values for their biases: 3 D + 2 window D numbers, whatever L.
+
+    Args (besides :class:`~ea_zoo.attention.base.AttentionBase`'s):
+        window: keys with |i - j| < window get a learned bias.
+        max_len: longest sequence (rows of the bias table).
+    """
+
+    recurrent = True
+    supports_step = True
+    paper_equation = "19 (AFT-local, Zhai et al. 2021)"
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = False,
+        qk_norm: bool = False,
+        scale_norm: bool = False,
+        proj_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        norm_layer: Optional[Type[nn.Module]] = None,
+        device=None,
+        dtype=None,
+        *,
+        causal: bool = False,
+        window: int = 64,
+        max_len: int = 1024,
+    ) -> None:
+        super().__init__(dim, num_heads, qkv_bias, qk_norm, scale_norm, proj_bias, attn_drop,
+                         proj_drop, norm_layer, device, dtype, causal=causal)
+        if not isinstance(window, int) or window <= 0:
+            raise ValueError(f"window must be a positive int, got {window!r}")
+        if not isinstance(max_len, int) or max_len <= 0:
+            raise ValueError(f"max_len must be a positive int, got {max_len!r}")
+        self.window = window
+        self.max_len = max_len
+        self._cache_limit = window
+        self.pos_bias = nn.Parameter(torch.zeros(max_len, 2 * window - 1, device=device, dtype=dtype))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, window={self.window}, max_len={self.max_len}"
+
+    def position_bias(self, seq_len: int) -> torch.Tensor:
+        """Dense w (L, L): the band from ``pos_bias``, 0 outside it."""
+        self._check_len(seq_len, self.max_len)
+        idx = torch.arange(seq_len, device=self.pos_bias.device)
+        r = idx[None, :] - idx[:, None] + (self.window - 1)  # band column of (i, j)
+        inside = (r >= 0) & (r < 2 * self.window - 1)
+        w = self.pos_bias[:seq_len].gather(1, r.clamp(0, 2 * self.window - 2))
+        return w.masked_fill(~inside, 0.0)
+
+    def _step_bias(self, t: int, n_cached: int) -> torch.Tensor:
+        # cached keys j = t - n_cached + 1 .. t -> band columns window - n_cached .. window - 1
+        self._check_len(t + 1, self.max_len)
+        return self.pos_bias[t, self.window - n_cached: self.window]
+
+    def state_numel(self, seq_len: int) -> int:
+        return 3 * self.dim + 2 * self.window * self.dim

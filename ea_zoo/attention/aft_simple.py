@@ -1,0 +1,46 @@
+"""AFT-simple (Zhai et al. 2021, w = 0 in Feng 2025 eq. 19): linear cost, fixed-size state."""
+from __future__ import annotations
+
+from typing import Optional, Type
+
+from torch import nn
+
+from ea_zoo.attention.aft import AFTBase
+from ea_zoo.registry import register_attention
+
+
+@register_attention("aft_simple")
+class AFTSimple(AFTBase):
+    """AFT-simple: ``y_i = sigmoid(q_i) * sum_j e^{k_j} v_j / sum_j e^{k_j}`` per channel.
+
+    x (B, L, D) -> (B, L, D). O(L D) compute and memory (causal prefix sums in log space,
+    see :mod:`ea_zoo.functional.aft`). Decoding keeps per-channel running max, numerator
+    and denominator: 3 D numbers, whatever L.
+    """
+
+    recurrent = True
+    supports_step = True
+    paper_equation = "19 (w = 0; AFT-simple, Zhai et al. 2021)"
+    _cache_limit = 0
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = False,
+        qk_norm: bool = False,
+        scale_norm: bool = False,
+        proj_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        norm_layer: Optional[Type[nn.Module]] = None,
+        device=None,
+        dtype=None,
+        *,
+        causal: bool = False,
+    ) -> None:
+        super().__init__(dim, num_heads, qkv_bias, qk_norm, scale_norm, proj_bias, attn_drop,
+                         proj_drop, norm_layer, device, dtype, causal=causal)
+
+    def state_numel(self, seq_len: int) -> int:
+        return 3 * self.dim
