@@ -28,7 +28,7 @@ class ElementwiseAttention(AttentionBase):
             (block, L, D) similarity block).
     """
 
-    paper_equation = "eq. 1-2"
+    paper_equation = "1-2"
 
     def __init__(
         self,

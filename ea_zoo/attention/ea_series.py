@@ -30,7 +30,7 @@ class EASeriesAttention(ElementwiseAttention):
     """
 
     recurrent = True
-    paper_equation = "eq. 5-6 (recurrent: eq. 7-16)"
+    paper_equation = "5-6 (recurrent form: 7-16)"
 
     def __init__(self, dim: int, num_heads: int = 8, *args, order: int = 6, allow_odd: bool = False, **kwargs) -> None:
         check_order(order, allow_odd)  # fail before any parameter is built
