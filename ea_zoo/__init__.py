@@ -14,6 +14,8 @@ from ea_zoo.registry import (
 )
 from ea_zoo import attention  # noqa: F401  (registers the backends)
 from ea_zoo.attention import AttentionBase, StepNotSupportedError
+from ea_zoo import models  # noqa: F401  (registers the ViTs with timm)
+from ea_zoo.models import build_model, create_model, list_models
 
 __version__ = "0.1.0"
 
@@ -26,4 +28,8 @@ __all__ = [
     "register_alias",
     "register_attention",
     "functional",
+    "models",
+    "build_model",
+    "create_model",
+    "list_models",
 ]
