@@ -1,7 +1,6 @@
 """timm behaviour of the ea_zoo ViTs: they are timm's VisionTransformer with a swapped
 attention, so the whole timm API must work (tiny sizes: 32x32 images, 8x8 patches)."""
 import json
-import os
 
 import pytest
 import timm
@@ -162,8 +161,8 @@ def test_torchscript_scripts_or_records_reason(backend, images):
 
 
 def test_torch_compile_matches_eager(images):
-    """torch.compile of the ViT (dynamo + AOT autograd, 'aot_eager' backend to stay fast on CPU;
-    set EA_ZOO_TEST_INDUCTOR=1 for the inductor test below)."""
+    """torch.compile of the ViT: dynamo + AOT autograd with the 'aot_eager' backend (inductor's
+    C++ compilation takes ~40 s on 2 CPU cores, too slow for the suite)."""
     torch._dynamo.reset()
     m = tiny("vit_tiny_patch16_224_ea6")
     c = torch.compile(m, backend="aot_eager")
@@ -174,15 +173,6 @@ def test_torch_compile_matches_eager(images):
     y_ref = m(images)
     y_ref.sum().backward()
     assert torch.allclose(y, y_ref, atol=1e-5) and torch.allclose(g, m.blocks[0].attn.qkv.weight.grad, atol=1e-5)
-
-
-@pytest.mark.skipif(os.environ.get("EA_ZOO_TEST_INDUCTOR") != "1",
-                    reason="inductor compiles C++ kernels: ~40 s (forward only) on 2 CPU cores; set EA_ZOO_TEST_INDUCTOR=1")
-def test_torch_compile_inductor(images):
-    torch._dynamo.reset()
-    m = tiny("vit_tiny_patch16_224_ea6").eval()
-    with torch.no_grad():
-        assert torch.allclose(torch.compile(m)(images), m(images), atol=1e-4)
 
 
 # ----------------------------------------------------------------------------- weights
