@@ -65,6 +65,7 @@ def ea(
     causal: bool = False,
     key_padding_mask: Optional[torch.Tensor] = None,
     max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
+    impl: str = "auto",
 ) -> torch.Tensor:
     """Full element-wise attention, eq. 1-2.
 
@@ -72,11 +73,40 @@ def ea(
         q: (B, Lq, D) or (B, H, Lq, d). k, v: same with Lk keys.
         causal: query i sees keys j <= i (needs Lq == Lk).
         key_padding_mask: (B, Lk) bool, True = keep.
-        max_block_elements: bound on the elements of one (block, Lk, D) similarity block.
+        max_block_elements: bound on the elements of one (block, Lk, D) similarity block
+            (reference path only; the kernel's tiles are fixed-size).
+        impl: "auto" (the flash-style Triton kernel, :mod:`ea_zoo.kernels.ea_flash`, for
+            CUDA tensors when triton imports, else the PyTorch reference), "reference", or
+            "triton" (forced; CPU tensors only under ``TRITON_INTERPRET=1``, else an error).
 
     Returns:
         (..., Lq, D) in v's dtype. Accumulates in float32 (float64 for float64 inputs).
     """
+    check_qkv(q, k, v, "ea")
+    if causal and q.shape[-2] != k.shape[-2]:
+        raise ValueError(f"ea: causal needs as many queries as keys, got {q.shape[-2]} and {k.shape[-2]}")
+    expand_key_mask(key_padding_mask, k)  # validates the mask's shape
+    from ea_zoo.kernels import select_impl
+
+    unsupported = None
+    if impl != "reference" and not (q.shape[-1] == k.shape[-1] == v.shape[-1]):
+        unsupported = f"q, k, v must have the same D (last dim), got {q.shape[-1]}, {k.shape[-1]}, {v.shape[-1]}"
+    if select_impl(impl, "ea", (q, k, v), unsupported) == "triton":
+        from ea_zoo.kernels.ea_flash import ea_flash_triton
+
+        return ea_flash_triton(q, k, v, causal=causal, key_padding_mask=key_padding_mask)
+    return _reference(q, k, v, causal, key_padding_mask, max_block_elements)
+
+
+def _reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool = False,
+    key_padding_mask: Optional[torch.Tensor] = None,
+    max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
+) -> torch.Tensor:
+    """The PyTorch reference of :func:`ea` (blocked, checkpointed), same arguments less ``impl``."""
     check_qkv(q, k, v, "ea")
     if causal and q.shape[-2] != k.shape[-2]:
         raise ValueError(f"ea: causal needs as many queries as keys, got {q.shape[-2]} and {k.shape[-2]}")

@@ -90,6 +90,17 @@ def _query_polynomial(q: torch.Tensor, order: int) -> torch.Tensor:
     return _powers(q, order) * coef.view(-1, *([1] * q.dim()))
 
 
+def _kernel_unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, order: int) -> Optional[str]:
+    """Why the Triton kernels cannot take these arguments (None if they can)."""
+    from ea_zoo.kernels import MAX_ORDER
+
+    if not (q.shape[-1] == k.shape[-1] == v.shape[-1]):
+        return f"q, k, v must have the same D (last dim), got {q.shape[-1]}, {k.shape[-1]}, {v.shape[-1]}"
+    if order > MAX_ORDER:
+        return f"the kernels unroll orders up to {MAX_ORDER}, got order={order}"
+    return None
+
+
 def ea_series(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -98,6 +109,7 @@ def ea_series(
     causal: bool = False,
     key_padding_mask: Optional[torch.Tensor] = None,
     allow_odd: bool = False,
+    impl: str = "auto",
 ) -> torch.Tensor:
     """EA-series attention, eq. 5 (non-causal) and eq. 6 (causal).
 
@@ -106,10 +118,38 @@ def ea_series(
         order: highest Taylor degree t (even; ``allow_odd`` to accept odd).
         causal: token i attends to j <= i only (eq. 6).
         key_padding_mask: (B, L) bool, True = keep; padded keys get weight 0.
+        impl: "auto" (the Triton kernel, :mod:`ea_zoo.kernels.ea_series`, for CUDA tensors
+            when triton imports, else the PyTorch reference), "reference", or "triton"
+            (forced; CPU tensors only under ``TRITON_INTERPRET=1``, else an error).
 
     Returns:
         (same shape as v), in v's dtype.
     """
+    check_order(order, allow_odd)
+    check_qkv(q, k, v, "ea_series")
+    if causal and q.shape[-2] != k.shape[-2]:
+        raise ValueError(f"ea_series: causal needs as many queries as keys, got {q.shape[-2]} and {k.shape[-2]}")
+    expand_key_mask(key_padding_mask, k)  # validates the mask's shape
+    from ea_zoo.kernels import select_impl
+
+    unsupported = None if impl == "reference" else _kernel_unsupported(q, k, v, order)
+    if select_impl(impl, "ea_series", (q, k, v), unsupported) == "triton":
+        from ea_zoo.kernels.ea_series import ea_series_triton
+
+        return ea_series_triton(q, k, v, order=order, causal=causal, key_padding_mask=key_padding_mask)
+    return _reference(q, k, v, order, causal, key_padding_mask, allow_odd)
+
+
+def _reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    order: int = 6,
+    causal: bool = False,
+    key_padding_mask: Optional[torch.Tensor] = None,
+    allow_odd: bool = False,
+) -> torch.Tensor:
+    """The PyTorch reference of :func:`ea_series` (eq. 5-6), same arguments less ``impl``."""
     check_order(order, allow_odd)
     check_qkv(q, k, v, "ea_series")
     if causal and q.shape[-2] != k.shape[-2]:
@@ -161,12 +201,55 @@ def ea_series_step(
     state: Dict[str, torch.Tensor],
     order: int = 6,
     allow_odd: bool = False,
+    impl: str = "auto",
 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """One recurrent step, eq. 10-16: q, k, v (B, ..., D) -> y (B, ..., D), new state.
 
     The state's ``ref`` is the running min of k^2; when it drops, s and z are rescaled by
     e^{new - old} so the stored sums never underflow.
+
+    ``impl``: "auto" uses the fused Triton step (:mod:`ea_zoo.kernels.decode`) for CUDA
+    tensors with a contiguous float32 state when no gradient is wanted, else the reference;
+    "reference"; "triton" (forced). The kernel updates the state's tensors in place (the
+    returned dict holds the same tensors); the reference returns new tensors.
     """
+    check_order(order, allow_odd)
+    if state["s"].shape[0] != order + 1:
+        raise ValueError(
+            f"state holds {state['s'].shape[0] - 1}th-order sums but order={order} was given"
+        )
+    from ea_zoo.kernels import MAX_ORDER, select_impl
+
+    unsupported = None
+    if impl != "reference":
+        st = (state["s"], state["z"], state["ref"])
+        if not (q.shape == k.shape == v.shape == state["ref"].shape):
+            unsupported = (
+                f"q, k, v and state['ref'] must share a shape, got {tuple(q.shape)}, {tuple(k.shape)}, "
+                f"{tuple(v.shape)}, {tuple(state['ref'].shape)}"
+            )
+        elif any(t.dtype != torch.float32 or not t.is_contiguous() for t in st):
+            unsupported = "the fused step needs a contiguous float32 state (it is updated in place)"
+        elif order > MAX_ORDER:
+            unsupported = f"the fused step unrolls orders up to {MAX_ORDER}, got order={order}"
+        elif torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *st)):
+            unsupported = "the fused step has no backward; gradients need impl='reference'"
+    if select_impl(impl, "ea_series_step", (q, k, v, state["s"], state["z"], state["ref"]), unsupported) == "triton":
+        from ea_zoo.kernels.decode import ea_series_decode_step
+
+        return ea_series_decode_step(q, k, v, state, order)
+    return _step_reference(q, k, v, state, order, allow_odd)
+
+
+def _step_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    state: Dict[str, torch.Tensor],
+    order: int = 6,
+    allow_odd: bool = False,
+) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """The PyTorch reference of :func:`ea_series_step` (returns new state tensors)."""
     check_order(order, allow_odd)
     if state["s"].shape[0] != order + 1:
         raise ValueError(
