@@ -1,4 +1,4 @@
-"""``ea-zoo`` command line: each subcommand is a thin call into a module that owns it.
+"""ea-zoo command line: each subcommand is a thin call into the module that owns it.
 
 A subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``.
 """
@@ -20,26 +20,22 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """The ``ea-zoo`` parser; only ``command``'s module is imported (to add its arguments)."""
     parser = argparse.ArgumentParser(prog="ea-zoo", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
-        try:
+        if name == command:
             importlib.import_module(module).add_arguments(p)
-        except ModuleNotFoundError as err:  # a subcommand whose module is not installed
-            if err.name != module:
-                raise
-            p.set_defaults(_missing=str(err))
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "_missing", None):
-        print(f"ea-zoo {args.command}: not available ({args._missing})", file=sys.stderr)
-        return 2
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command if command in SUBCOMMANDS else None).parse_args(argv)
     return int(importlib.import_module(args._module).run(args) or 0)
 
 
