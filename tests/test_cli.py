@@ -1,4 +1,5 @@
 """The ``ea-zoo`` entry point: every subcommand resolves to a module with the agreed API."""
+import argparse
 import importlib
 import subprocess
 import sys
@@ -12,8 +13,10 @@ from ea_zoo.cli import SUBCOMMANDS, build_parser, main
 def test_every_subcommand_module_exposes_add_arguments_and_run(command):
     module = importlib.import_module(SUBCOMMANDS[command][0])
     assert callable(module.add_arguments) and callable(module.run)
-    args = build_parser(command).parse_args([command])
-    assert args._module == SUBCOMMANDS[command][0]
+    parser = build_parser(command)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    assert sub.get_default("_module") == SUBCOMMANDS[command][0]
+    assert "usage: ea-zoo " + command in sub.format_help()
 
 
 def test_help_lists_commands_without_importing_them():
