@@ -256,7 +256,7 @@ def _table(stats: Dict[str, Any], suite: Suite, metrics: Sequence[str], with_pap
                 if r["n"] != len(stats["seeds"]):
                     s += f" (n={r['n']})"
                 if with_paper and r["paper"] is not None:
-                    s += f" (paper {_fmt(r['paper'], m)})"
+                    s += f" (paper {r['paper']:g})"
                 out.append(s)
         lines.append("| " + " | ".join(out) + " |")
     return lines
@@ -310,7 +310,9 @@ def _plot(stats: Dict[str, Any], suite: Suite, path: Path) -> None:
     empty = {c: next((rows[(c, b, metrics[0])]["status"] for b in stats["backends"] if (c, b, metrics[0]) in rows),
                      "not run")
              for c in cells if all(rows.get((c, b, metrics[0]), {}).get("mean") is None for b in stats["backends"])}
-    fig, axes = plt.subplots(1, len(metrics), figsize=(max(5, 1.6 * len(cells) * len(metrics) + 2), 3.8), squeeze=False)
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(max(5.0, 1.3 * len(cells) + 2), 3.2 * len(metrics) + 0.6),
+                             squeeze=False)
+    axes = [[row[0] for row in axes]]
     backends = stats["backends"]
     width = 0.8 / max(1, len(backends))
     for ax, m in zip(axes[0], metrics):

@@ -39,7 +39,7 @@ def test_toy_grid_is_resumable_and_reports(tmp_path):
     stats = collect(suite, ["sa", "ea2"], [0], runs, cells=["JAP", "SCP2"])
     paths = write_report(stats, suite, tmp_path / "out", budget="toy")
     md = paths["md"].read_text()
-    assert "(paper 0.970)" in md and "(paper 0.957)" in md and "data not present" in md and "Budget: toy" in md
+    assert "(paper 0.97)" in md and "(paper 0.957)" in md and "data not present" in md and "Budget: toy" in md
     rows = list(csv.DictReader(open(paths["csv"])))
     jap_sa = [r for r in rows if r["cell"] == "JAP" and r["backend"] == "sa"][0]
     assert jap_sa["n"] == "1" and jap_sa["paper"] == "0.97" and jap_sa["status"] == "ok"
