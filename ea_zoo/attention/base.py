@@ -11,6 +11,16 @@ A backend subclass implements three things:
   q, k, v of shape (B, H, L, d) -> (B, H, L, d). It calls :mod:`ea_zoo.functional`.
 * ``init_state`` / ``step_attend``: one decoding step on a single token's heads,
   q_t, k_t, v_t of shape (B, H, d) -> (B, H, d), carrying a dict of tensors.
+* optionally ``attend_state(q, k, v, state)``: the causal mixing of L new tokens' heads
+  (B, H, L, d) continuing from ``state``, returning ``(o, final_state)``; the default loops
+  over ``step_attend``. Recurrent backends override it with their functional op's
+  ``initial_state`` / ``output_final_state`` form (one parallel call), which is what
+  :meth:`AttentionBase.prefill` (and so ``generate``) uses.
+
+State contract (every backend): ``init_state()`` gives an empty state on the module's
+device in its accumulation dtype (:meth:`AttentionBase.state_factory`); processing a
+sequence in pieces, ``y1, s = prefill(x[:, :a]); y2, s = prefill(x[:, a:], s)``, equals the
+causal ``forward(x)``, and so does ``step`` token by token.
 * ``state_numel(seq_len)``: how many numbers one sequence keeps to decode token L + 1.
 
 Class attributes describe the backend to tools and users:
@@ -164,14 +174,60 @@ class AttentionBase(nn.Module):
         mask = self.prepare_mask(attn_mask, B, L)
         causal = self.causal if is_causal is None else bool(is_causal)
         q, k, v = self.project(x)
+        if mask is not None and mask.dim() == 2:
+            # padded positions never influence valid ones, even when they hold NaN/Inf
+            keep = mask[:, None, :, None].to(k.device)
+            k = torch.where(keep, k, torch.zeros((), dtype=k.dtype, device=k.device))
+            v = torch.where(keep, v, torch.zeros((), dtype=v.dtype, device=v.device))
         o = self.attend(q, k, v, mask, causal)
         return self.merge_heads(o.to(v.dtype))
 
     # ------------------------------------------------------------------ recurrent form
-    def init_state(self, batch_size: int, device=None, dtype=None) -> State:
-        """Empty decoding state for ``batch_size`` sequences."""
+    def state_factory(self, device=None, dtype=None) -> Dict[str, Any]:
+        """``{"device", "dtype"}`` for a new decoding state: the module's device and its
+        accumulation dtype (float64 for a float64 module, float32 for float32/half/bfloat16),
+        unless given. A module on ``meta`` gives meta states."""
+        ref = self.qkv.weight
+        device = ref.device if device is None else torch.device(device)
+        dtype = ref.dtype if dtype is None else dtype
+        return {"device": device, "dtype": torch.float64 if dtype == torch.float64 else torch.float32}
+
+    def init_state(self, batch_size: int = 1, device=None, dtype=None) -> State:
+        """Empty decoding state for ``batch_size`` sequences (see :meth:`state_factory`)."""
         self._require_step()
         raise NotImplementedError
+
+    def attend_state(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State
+    ) -> Tuple[torch.Tensor, State]:
+        """Causal mixing of L new tokens continuing from ``state``: q, k, v (B, H, L, d) ->
+        (o (B, H, L, d), state after the last token).
+
+        Default: one :meth:`step_attend` per token. Backends whose functional op takes
+        ``initial_state`` / ``output_final_state`` override this with one parallel call.
+        """
+        outs = []
+        for i in range(q.shape[2]):
+            o, state = self.step_attend(q[:, :, i], k[:, :, i], v[:, :, i], state)
+            outs.append(o)
+        if not outs:
+            return q.new_zeros(q.shape[:-1] + (v.shape[-1],)), state
+        return torch.stack(outs, dim=2), state
+
+    def prefill(self, x: torch.Tensor, state: Optional[State] = None) -> Tuple[torch.Tensor, State]:
+        """Causal forward over x (B, L, D) continuing from ``state`` (``init_state`` if None).
+
+        Returns ``(y (B, L, D), final_state)``. ``prefill(x)`` equals the causal
+        ``forward(x)``; feeding a sequence in pieces with the state passed on equals one call
+        on the whole sequence (and equals :meth:`step` token by token).
+        """
+        self._require_step()
+        self._check_input(x)
+        if state is None:
+            state = self.init_state(x.shape[0])
+        q, k, v = self.project(x)
+        o, state = self.attend_state(q, k, v, state)
+        return self.merge_heads(o.to(v.dtype)), state
 
     def step_attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State

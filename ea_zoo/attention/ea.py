@@ -61,9 +61,13 @@ class ElementwiseAttention(AttentionBase):
         else:
             self.register_buffer("log_temperature", log_tau, persistent=False)
         self.max_block_elements = int(max_block_elements)
+        # tau = 1 and fixed: skip the multiply (it would also keep two more (B, H, L, d) tensors alive)
+        self._unit_temperature = float(temperature) == 1.0 and not learn_temperature
 
     def scale_qk(self, q: torch.Tensor, k: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Divide q, k (B, H, ..., d) by sqrt(tau_h)."""
+        if self._unit_temperature:
+            return q, k
         s = torch.exp(-0.5 * self.log_temperature).to(q.dtype)
         s = s.view(1, -1, *([1] * (q.dim() - 2)))
         return q * s, k * s
@@ -73,14 +77,26 @@ class ElementwiseAttention(AttentionBase):
         return ea(q, k, v, causal=causal, key_padding_mask=key_padding_mask,
                   max_block_elements=self.max_block_elements)
 
-    def init_state(self, batch_size: int, device=None, dtype=None) -> State:
+    def init_state(self, batch_size: int = 1, device=None, dtype=None) -> State:
+        """Empty key/value cache {'k', 'v'}: (B, H, 0, d) each (module device, accumulation dtype)."""
         self._require_step()
-        cd = torch.float64 if dtype == torch.float64 else torch.float32
-        return ea_init_state((batch_size, self.num_heads, self.head_dim), device=device, dtype=cd)
+        return ea_init_state((batch_size, self.num_heads, self.head_dim), **self.state_factory(device, dtype))
 
     def step_attend(self, q, k, v, state):
         q, k = self.scale_qk(q, k)
         return ea_step(q, k, v, state)
+
+    def attend_state(self, q, k, v, state):
+        """L new tokens (B, H, L, d) after the P cached ones: one causal call over the P + L
+        keys (the cached rows' queries are placeholders whose outputs are dropped)."""
+        q, k = self.scale_qk(q, k)
+        cd = state["k"].dtype
+        kc = torch.cat([state["k"], k.to(cd)], dim=-2)
+        vc = torch.cat([state["v"], v.to(cd)], dim=-2)
+        P = state["k"].shape[-2]
+        qc = torch.cat([q.new_zeros(q.shape[:-2] + (P, q.shape[-1])).to(cd), q.to(cd)], dim=-2)
+        o = ea(qc, kc, vc, causal=True, max_block_elements=self.max_block_elements)[..., P:, :]
+        return o.to(v.dtype), {"k": kc, "v": vc}
 
     def state_numel(self, seq_len: int) -> int:
         return 2 * seq_len * self.dim

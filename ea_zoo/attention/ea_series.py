@@ -47,14 +47,21 @@ class EASeriesAttention(ElementwiseAttention):
         return ea_series(q, k, v, order=self.order, causal=causal,
                          key_padding_mask=key_padding_mask, allow_odd=self.allow_odd)
 
-    def init_state(self, batch_size: int, device=None, dtype=None) -> State:
+    def init_state(self, batch_size: int = 1, device=None, dtype=None) -> State:
+        """Empty state {'s', 'z': (t+1, B, H, d), 'ref': (B, H, d)} (module device, accumulation dtype)."""
         self._require_step()
-        cd = torch.float64 if dtype == torch.float64 else torch.float32
-        return ea_series_init_state((batch_size, self.num_heads, self.head_dim), self.order, device=device, dtype=cd)
+        return ea_series_init_state((batch_size, self.num_heads, self.head_dim), self.order,
+                                    **self.state_factory(device, dtype))
 
     def step_attend(self, q, k, v, state):
         q, k = self.scale_qk(q, k)
         return ea_series_step(q, k, v, state, order=self.order, allow_odd=self.allow_odd)
+
+    def attend_state(self, q, k, v, state):
+        """L new tokens (B, H, L, d) from ``state``: one causal chunked call (eq. 6) with state."""
+        q, k = self.scale_qk(q, k)
+        return ea_series(q, k, v, order=self.order, causal=True, allow_odd=self.allow_odd,
+                         initial_state=state, output_final_state=True)
 
     def state_numel(self, seq_len: int) -> int:
         return 2 * (self.order + 1) * self.dim + self.dim

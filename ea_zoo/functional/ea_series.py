@@ -19,13 +19,26 @@ a convex combination of the values. Odd t can make weights negative; it is refus
 
 Numerics (all paths accumulate in float32, or float64 for float64 inputs):
 
-* e^{-k^2} underflows for |k| > 9.3 in float32. Every weight of a channel is scaled by the
-  same factor e^{r} with r the smallest k_j^2 of that channel over the valid keys; the factor
-  cancels in the ratio. The parallel causal form uses that per-sequence r too, so past outputs
-  depend on future keys only through rounding. The recurrent form keeps a running minimum
-  and rescales its state when it drops, so decoding never needs future keys.
+* e^{-k^2} underflows for |k| > 9.3 in float32, so weights are scaled per channel and the
+  scale cancels in the ratio. Non-causal: one scale, the smallest k_j^2 of the channel over
+  the valid keys. Causal: every output i uses only keys j <= i, also through its scale, the
+  running minimum m_i = min_{j <= i} k_j^2 (prefix stabilisation): every exponent is <= 0
+  and the key attaining m_i has weight e^0 P_t(2 q_i k_j) >= min P_t > 0, so no output can
+  underflow to 0/0 because of a later key. Parallel (:mod:`ea_zoo.functional.ea_series_chunk`),
+  chunked-with-state, step and Triton paths compute the same function.
 * A query with no valid key (all masked) outputs 0 (``safe_ratio``), with finite gradients.
+  Padded keys and values are selected away (``torch.where``), so NaN/Inf there cannot leak.
+* Finite range: P_t(2 q k) grows like |2 q k|^t / t!. In float32 outputs are finite while
+  |2 q k|^t / t! * L * max|v| stays below ~1e38, e.g. for EA-8 |q|, |k| <= 100 at L = 10^4
+  (tested); beyond that the polynomial overflows (inf / inf = NaN). Use float64 inputs there.
 * The polynomial is accurate only while |2 q k| is small (see ``taylor_remainder_bound``).
+
+State contract (flash-linear-attention style): ``ea_series(..., causal=True,
+initial_state=state, output_final_state=True)`` returns ``(y, final_state)``; the state is
+{"s", "z": (t+1, B, ..., D), "ref": (B, ..., D)}: S_n = sum_j e^{ref - k_j^2} k_j^n v_j, Z_n
+likewise without v, at scale ``ref`` = the smallest k^2 so far (+inf: no key yet). Feeding a
+sequence in pieces with the state passed on equals one call; :func:`ea_series_step` is the
+L = 1 case. No gradient flows into ``initial_state``.
 """
 from __future__ import annotations
 
@@ -35,10 +48,12 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from ea_zoo.functional.checks import check_qkv, expand_key_mask
+from ea_zoo.functional.ea_series_chunk import DEFAULT_CHUNK_SIZE, ea_series_chunk, ea_series_parallel
 from ea_zoo.functional.numerics import compute_dtype, safe_ratio
 
 __all__ = [
     "check_order",
+    "check_state",
     "taylor_coefficients",
     "ea_series",
     "ea_series_init_state",
@@ -110,8 +125,11 @@ def ea_series(
     key_padding_mask: Optional[torch.Tensor] = None,
     allow_odd: bool = False,
     impl: str = "auto",
-) -> torch.Tensor:
-    """EA-series attention, eq. 5 (non-causal) and eq. 6 (causal).
+    initial_state: Optional[Dict[str, torch.Tensor]] = None,
+    output_final_state: bool = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+):
+    """EA-series attention, eq. 5 (non-causal) and eq. 6 (causal, prefix-stabilised).
 
     Args:
         q, k, v: (B, L, D) or (B, H, L, d); every channel is independent.
@@ -119,16 +137,30 @@ def ea_series(
         causal: token i attends to j <= i only (eq. 6).
         key_padding_mask: (B, L) bool, True = keep; padded keys get weight 0.
         impl: "auto" (the Triton kernel, :mod:`ea_zoo.kernels.ea_series`, for CUDA tensors
-            when triton imports, else the PyTorch reference), "reference", or "triton"
+            when triton imports, else the PyTorch path), "reference" (the PyTorch path:
+            :func:`~ea_zoo.functional.ea_series_chunk.ea_series_chunk` /
+            :func:`~ea_zoo.functional.ea_series_chunk.ea_series_parallel`), or "triton"
             (forced; CPU tensors only under ``TRITON_INTERPRET=1``, else an error).
+        initial_state: causal only: the state after earlier tokens (see the module
+            docstring), e.g. the ``final_state`` of a previous call or of
+            :func:`ea_series_step`; None = no earlier tokens.
+        output_final_state: causal only: also return the state after the last token.
+        chunk_size: tokens per chunk of the causal PyTorch path.
 
     Returns:
-        (same shape as v), in v's dtype.
+        y (same shape as v, in v's dtype), or ``(y, final_state)`` with ``output_final_state``.
     """
     check_order(order, allow_odd)
     check_qkv(q, k, v, "ea_series")
     if causal and q.shape[-2] != k.shape[-2]:
         raise ValueError(f"ea_series: causal needs as many queries as keys, got {q.shape[-2]} and {k.shape[-2]}")
+    if (initial_state is not None or output_final_state) and not causal:
+        raise ValueError("ea_series: initial_state / output_final_state need causal=True "
+                         "(a non-causal output depends on every key, so it has no running state)")
+    if initial_state is not None:
+        check_state(initial_state, q.shape[:-2] + (q.shape[-1],), order, "ea_series")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"ea_series: chunk_size must be a positive int, got {chunk_size!r}")
     expand_key_mask(key_padding_mask, k)  # validates the mask's shape
     from ea_zoo.kernels import select_impl
 
@@ -136,8 +168,22 @@ def ea_series(
     if select_impl(impl, "ea_series", (q, k, v), unsupported) == "triton":
         from ea_zoo.kernels.ea_series import ea_series_triton
 
-        return ea_series_triton(q, k, v, order=order, causal=causal, key_padding_mask=key_padding_mask)
-    return _reference(q, k, v, order, causal, key_padding_mask, allow_odd)
+        return ea_series_triton(q, k, v, order=order, causal=causal, key_padding_mask=key_padding_mask,
+                                initial_state=initial_state, output_final_state=output_final_state)
+    return _reference(q, k, v, order, causal, key_padding_mask, allow_odd, initial_state, output_final_state,
+                      chunk_size)
+
+
+def check_state(state, shape: Tuple[int, ...], order: int, name: str) -> None:
+    """A recurrent EA-series state must be {"s", "z": (order+1, *shape), "ref": shape}."""
+    if not isinstance(state, dict) or not {"s", "z", "ref"} <= set(state):
+        got = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{name}: a state is a dict with keys 's', 'z', 'ref' (ea_series_init_state), got {got}")
+    want = {"s": (order + 1, *shape), "z": (order + 1, *shape), "ref": tuple(shape)}
+    for key, sh in want.items():
+        if tuple(state[key].shape) != sh:
+            raise ValueError(f"{name}: state[{key!r}] has shape {tuple(state[key].shape)}, expected {sh} "
+                             f"(order={order}, heads {tuple(shape)})")
 
 
 def _reference(
@@ -148,36 +194,16 @@ def _reference(
     causal: bool = False,
     key_padding_mask: Optional[torch.Tensor] = None,
     allow_odd: bool = False,
-) -> torch.Tensor:
-    """The PyTorch reference of :func:`ea_series` (eq. 5-6), same arguments less ``impl``."""
+    initial_state: Optional[Dict[str, torch.Tensor]] = None,
+    output_final_state: bool = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+):
+    """The PyTorch path of :func:`ea_series` (eq. 5-6), same arguments less ``impl``."""
     check_order(order, allow_odd)
     check_qkv(q, k, v, "ea_series")
-    if causal and q.shape[-2] != k.shape[-2]:
-        raise ValueError(f"ea_series: causal needs as many queries as keys, got {q.shape[-2]} and {k.shape[-2]}")
-    out_dtype = v.dtype
-    cd = compute_dtype(q)
-    q, k, v = q.to(cd), k.to(cd), v.to(cd)
-    km = expand_key_mask(key_padding_mask, k)
-
-    k2 = k * k
-    k2_valid = k2 if km is None else k2.masked_fill(~km, float("inf"))
-    ref = k2_valid.amin(dim=-2, keepdim=True)
-    ref = torch.where(torch.isfinite(ref), ref, torch.zeros_like(ref)).detach()
-    w = torch.exp(ref - k2)  # e^{-k^2} up to a per-channel factor
-    if km is not None:
-        w = w * km
-
-    kpow = _powers(k, order, first=w)  # (t+1, ..., L, D): k^n e^{-k^2}
     if causal:
-        z = kpow.cumsum(-2)
-        s = (kpow * v).cumsum(-2)
-    else:
-        z = kpow.sum(-2, keepdim=True)
-        s = (kpow * v).sum(-2, keepdim=True)
-    qpoly = _query_polynomial(q, order)
-    num = (qpoly * s).sum(0)
-    den = (qpoly * z).sum(0)
-    return safe_ratio(num, den).to(out_dtype)
+        return ea_series_chunk(q, k, v, order, key_padding_mask, initial_state, output_final_state, chunk_size)
+    return ea_series_parallel(q, k, v, order, key_padding_mask)
 
 
 def ea_series_init_state(

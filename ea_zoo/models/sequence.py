@@ -163,6 +163,17 @@ class SequenceBlock(nn.Module):
         x = self.norm1(x + self.attn(x, attn_mask=padding_mask))
         return self.norm2(x + self.mlp(x))
 
+    def prefill(self, x: torch.Tensor, state: Dict[str, Any]) -> Tuple[torch.Tensor, Dict[str, Any]]:
+        """Causal tokens x (B, L, D) through the block continuing from the attention's state
+        (one parallel call: :meth:`AttentionBase.prefill`)."""
+        if self.norm_first:
+            a, state = self.attn.prefill(self.norm1(x), state)
+            x = x + a
+            return x + self.mlp(self.norm2(x)), state
+        a, state = self.attn.prefill(x, state)
+        x = self.norm1(x + a)
+        return self.norm2(x + self.mlp(x)), state
+
     def step(self, x_t: torch.Tensor, state: Dict[str, Any]) -> Tuple[torch.Tensor, Dict[str, Any]]:
         """One token x_t (B, D) through the block with the attention's decoding state."""
         if self.norm_first:
@@ -515,12 +526,66 @@ class SequenceTransformer(nn.Module):
             out = out.view(B, self.pred_len, self.out_chans)
         return out, new
 
+    def prefill(
+        self, x: torch.Tensor, state: Optional[Dict[str, Any]] = None, timestamps: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, Dict[str, Any]]:
+        """Feed L tokens at once: x (B, L, C) or ids (B, L), continuing from ``state``
+        (``init_state(B)`` if None); timestamps (B, L) / (L,) (default: their indices).
+
+        Every layer runs one parallel causal call with its state (:meth:`AttentionBase.prefill`),
+        so ``prefill`` of a prompt followed by :meth:`step` per new token equals ``step`` from
+        the first token. Returns ``(out, new_state)``: hidden states (B, L, D) (encode), logits
+        (B, L, vocab) (lm), or the forecast / class logits of the whole prefix (as :meth:`step`).
+        """
+        h = self._embed_input(x)
+        if h.dim() != 3:
+            raise ValueError(f"prefill takes a batch of sequences (B, L, C) or ids (B, L), got shape {tuple(x.shape)}")
+        B, L, _ = h.shape
+        if state is None:
+            state = self.init_state(B)
+        elif not isinstance(state, dict) or "layers" not in state:
+            raise ValueError("state must come from model.init_state(batch_size)")
+        t = int(state["t"])
+        pe = self._positions(timestamps, B, L, h.device, offset=t)
+        if pe is not None:
+            h = h + pe.to(h.dtype)
+        h = self.pos_drop(self.embed_norm(h))
+        layers: List[Any] = []
+        for blk, st in zip(self.blocks, state["layers"]):
+            h, st = blk.prefill(h, st)
+            layers.append(st)
+        h = self.norm(h)
+        new: Dict[str, Any] = {"t": t + L, "layers": layers}
+        if self.task == "encode":
+            return h, new
+        if self.task == "lm":
+            return self.head(h), new
+        if self.pool == "mean":
+            new["sum"] = state["sum"] + h.sum(1)
+            pooled = new["sum"] / max(t + L, 1)
+        else:
+            pooled = h[:, -1]
+        out = self.head(self.head_drop(pooled))
+        if self.task == "forecast":
+            out = out.view(B, self.pred_len, self.out_chans)
+        return out, new
+
+    def max_decode_len(self) -> Optional[int]:
+        """Longest sequence ``step``/``generate`` can reach (None: unbounded): the smallest
+        ``max_decode_len`` of any layer's attention and of a learned position embedding."""
+        limits = [getattr(blk.attn, "max_decode_len", None) for blk in self.blocks]
+        if self.pos_embed_type == "learned":
+            limits.append(self.pos_embed.max_len)
+        limits = [int(x) for x in limits if x is not None]
+        return min(limits) if limits else None
+
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, use_cache: bool = True) -> torch.Tensor:
         """Greedy decoding (task='lm'): prompt ids (B, P) -> (B, P + max_new_tokens).
 
-        ``use_cache=True`` runs the prompt and new tokens through :meth:`step` (constant memory
-        in L for recurrent backends, a growing cache for SA/EA); ``use_cache=False`` reruns the
+        ``use_cache=True`` runs the prompt through :meth:`prefill` (one parallel call per layer)
+        and the new tokens through :meth:`step` (constant memory in L for recurrent backends, a
+        growing cache for SA/EA); ``use_cache=False`` reruns the
         parallel forward on the whole sequence per token (any backend, O(L) forwards). Call
         ``model.eval()`` first to switch dropout off.
         """
@@ -529,9 +594,11 @@ class SequenceTransformer(nn.Module):
         if prompt.dim() != 2 or prompt.shape[1] < 1 or prompt.is_floating_point():
             raise ValueError(f"prompt must be token ids of shape (B, P) with P >= 1, got {prompt.dtype} {tuple(prompt.shape)}")
         max_new_tokens = _pos_int("max_new_tokens", max_new_tokens, 0)
-        if self.pos_embed_type == "learned" and prompt.shape[1] + max_new_tokens > self.pos_embed.max_len:
-            raise ValueError(f"prompt + max_new_tokens = {prompt.shape[1] + max_new_tokens} exceeds "
-                             f"max_len={self.pos_embed.max_len} of the learned position embedding")
+        limit = self.max_decode_len()
+        if limit is not None and prompt.shape[1] + max_new_tokens > limit:
+            raise ValueError(f"prompt + max_new_tokens = {prompt.shape[1] + max_new_tokens} exceeds max_len={limit}, "
+                             "the longest sequence this model can decode (learned position embedding or a "
+                             "backend's position biases, e.g. aft_local); build it with a larger max_len")
         if max_new_tokens == 0:
             return prompt
         out = [prompt]
@@ -541,10 +608,8 @@ class SequenceTransformer(nn.Module):
                 nxt = self(seq)[:, -1].argmax(-1, keepdim=True)
                 seq = torch.cat([seq, nxt], dim=1)
             return seq
-        state = self.init_state(prompt.shape[0])
-        logits = None
-        for i in range(prompt.shape[1]):
-            logits, state = self.step(prompt[:, i], state)
+        logits, state = self.prefill(prompt)
+        logits = logits[:, -1]
         for i in range(max_new_tokens):
             nxt = logits.argmax(-1)
             out.append(nxt[:, None])
