@@ -149,6 +149,105 @@ def test_half_precision_long_sequence_finite(name, dtype):
         assert torch.isfinite(yc.float()).all()
 
 
+# ------------------------------------------------------------------ trained-model scale
+
+SCALES = [1.0, 3.0, 10.0, 30.0]
+
+
+def make_scaled(name, scale, offset, dtype=torch.float64, causal=True):
+    """A backend whose q, k, v have spread ~``scale`` and keys centred at +-``offset`` per
+    channel: weights scaled as a stand-in for a trained layer, the k part of the qkv bias set."""
+    m = make(name, causal=causal, dtype=torch.float64, qkv_bias=True)
+    g = torch.Generator().manual_seed(int(scale * 7 + offset))
+    with torch.no_grad():
+        m.qkv.weight.mul_(scale * 3.0)
+        m.qkv.bias.zero_()
+        sign = torch.where(torch.rand(D, generator=g) < 0.5, -1.0, 1.0).double()
+        m.qkv.bias[D:2 * D] = offset * sign
+    return m.to(dtype)
+
+
+def rel_err(a, b):
+    a, b = a.detach().double(), b.detach().double()
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("scale,offset", [(1.0, 0.0), (3.0, 3.0), (10.0, 10.0), (30.0, 30.0)])
+def test_future_tokens_change_nothing_at_trained_scale(name, scale, offset):
+    """Outputs before position i do not move when tokens >= i change: float64 to rounding,
+    fp32 within 1e-6 relative (keys at offsets up to 30, inputs of scale up to 30)."""
+    x = torch.randn(2, 40, D, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-6)):
+        m = make_scaled(name, scale, offset, dtype)
+        with torch.no_grad():
+            y = m(x.to(dtype))
+            assert torch.isfinite(y).all(), f"{name}: non-finite output at scale {scale}"
+            for cut in (1, 17, 33):
+                x2 = x.clone()
+                x2[:, cut:] = -x2[:, cut:] * 2.0
+                y2 = m(x2.to(dtype))
+                err = rel_err(y2[:, :cut], y[:, :cut])
+                assert err <= tol, f"{name} {dtype}: outputs before {cut} moved by {err:.2e} (relative)"
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("scale", SCALES)
+def test_prefill_in_pieces_equals_forward_and_step(name, scale):
+    """forward == prefill in random pieces with the state passed on == step (float64)."""
+    m = make_scaled(name, scale, scale)
+    B, L = 2, 23
+    x = torch.randn(B, L, D, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        y = m(x)
+        cuts = [0, 1, 8, 9, 20, L]
+        state, outs = None, []
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            o, state = m.prefill(x[:, a:b], state)
+            outs.append(o)
+        err = rel_err(torch.cat(outs, 1), y)
+        assert err < 1e-9, f"{name}: prefill in pieces vs forward {err:.2e}"
+        st = m.init_state(B)
+        ys = []
+        for t in range(L):
+            o, st = m.step(x[:, t], st)
+            ys.append(o)
+        err = rel_err(torch.stack(ys, 1), y)
+        assert err < 1e-9, f"{name}: step vs forward {err:.2e}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_init_state_follows_the_module(name):
+    m = make(name, causal=True, dtype=torch.float64)
+    tensors = [v for v in m.init_state().values() if torch.is_tensor(v)]
+    assert tensors and all(t.dtype == torch.float64 for t in tensors), name
+    m32 = make(name, causal=True, dtype=torch.float32)
+    assert all(t.dtype == torch.float32 for t in m32.init_state(3).values() if torch.is_tensor(t))
+    mh = make(name, causal=True, dtype=torch.bfloat16)
+    assert all(t.dtype == torch.float32 for t in mh.init_state().values() if torch.is_tensor(t))
+    kw = {"max_len": 64} if name in ("aft_full", "aft_local") else {}
+    with torch.device("meta"):
+        mm = create_attention(name, dim=D, num_heads=H, causal=True, **kw)
+        assert all(t.device.type == "meta" for t in mm.init_state().values() if torch.is_tensor(t)), name
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_nan_in_padded_position_has_no_influence(name, causal):
+    m = make(name, causal)
+    x = torch.randn(2, 9, D, dtype=torch.float64)
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[0, 3] = False
+    mask[1, 7:] = False
+    y = m(x, attn_mask=mask)
+    x2 = x.clone()
+    x2[0, 3] = float("nan")
+    x2[1, 7] = float("inf")
+    x2[1, 8] = float("nan")
+    y2 = m(x2, attn_mask=mask)
+    torch.testing.assert_close(y2[mask], y[mask], rtol=1e-12, atol=1e-12)
+
+
 # ------------------------------------------------------------------ bad input
 def test_unknown_name_lists_valid_names():
     with pytest.raises(ValueError, match="valid names: .*ea6"):
