@@ -62,11 +62,14 @@ def _cd(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def _zeros(x):
+    return torch.zeros((), dtype=x.dtype, device=x.device)
+
+
 def _exp_le0(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """e^{a - b} where b is finite (callers guarantee a <= b there), else 0."""
+    """e^{a - b} where a and b are finite (callers guarantee a <= b there), else 0."""
     ok = torch.isfinite(b) & torch.isfinite(a)
-    return torch.where(ok, torch.exp(torch.where(ok, a - b, torch.zeros((), dtype=a.dtype, device=a.device))),
-                       torch.zeros((), dtype=a.dtype, device=a.device))
+    return torch.where(ok, torch.exp(torch.where(ok, a - b, _zeros(a))), _zeros(a))
 
 
 def _masked(k: torch.Tensor, v: torch.Tensor, km: Optional[torch.Tensor]):
@@ -74,18 +77,60 @@ def _masked(k: torch.Tensor, v: torch.Tensor, km: Optional[torch.Tensor]):
     k2 = k * k
     if km is None:
         return k, v, k2
-    zero = torch.zeros((), dtype=k.dtype, device=k.device)
+    zero = _zeros(k)
     return (torch.where(km, k, zero), torch.where(km, v, zero),
             torch.where(km, k2, torch.full((), float("inf"), dtype=k.dtype, device=k.device)))
 
 
-def _powers(first: torch.Tensor, x: torch.Tensor, n: int) -> torch.Tensor:
-    """(n + 1, *x.shape): first * x^0, first * x^1, ..., first * x^n."""
-    out = torch.empty((n + 1,) + torch.broadcast_shapes(first.shape, x.shape), dtype=x.dtype, device=x.device)
-    out[0] = first
-    for i in range(1, n + 1):
-        torch.mul(out[i - 1], x, out=out[i])
+def _horner_c(coefs, x: torch.Tensor) -> torch.Tensor:
+    """sum_n c_n x^n coefs[n], c_n = 2^n / n! (the Taylor coefficients of e^{2 q k}), by Horner:
+    acc = coefs[n] + (2 / (n + 1)) acc x, one fused ``addcmul`` per degree. ``coefs`` may be a
+    sequence or a stacked tensor (degree first), broadcastable against x."""
+    t = len(coefs) - 1
+    acc = coefs[t]
+    for n in range(t - 1, -1, -1):
+        acc = torch.addcmul(coefs[n], acc, x, value=2.0 / (n + 1))
+    if acc.shape != x.shape:
+        acc = acc.expand(torch.broadcast_shapes(acc.shape, x.shape))
+    return acc
+
+
+def _key_grads(k, v, GS, GZ):
+    """Per key: dv = sum_n c_n k^n GS_n, dk = sum_n c_n (n k^{n-1} - 2 k^{n+1}) (v GS_n + GZ_n).
+
+    GS, GZ (t+1, ...): the row-side sums reaching each key with its weight e^{R - k^2}
+    included (d/dk of e^{-k^2} k^n = e^{-k^2} (n k^{n-1} - 2 k^{n+1})). The derivative
+    polynomial sum_n n c_n k^{n-1} G_n is 2 sum_m c_m k^m G_{m+1}.
+    """
+    PS, PZ = _horner_c(GS, k), _horner_c(GZ, k)
+    if len(GS) > 1:
+        DS, DZ = 2.0 * _horner_c(GS[1:], k), 2.0 * _horner_c(GZ[1:], k)
+    else:
+        DS = DZ = torch.zeros_like(PS)
+    dk = torch.addcmul(DZ, k, PZ, value=-2.0)
+    dk = torch.addcmul(dk, v, torch.addcmul(DS, k, PS, value=-2.0))
+    return dk, PS
+
+
+def _row_q_grad(q, R, dnum, dden):
+    """dq = dnum d num/dq + dden d den/dq with num = sum_n c_n q^n R[0, n] (den: R[1])."""
+    if R.shape[1] == 1:
+        return torch.zeros_like(q)
+    return 2.0 * (dnum * _horner_c(R[0, 1:], q) + dden * _horner_c(R[1, 1:], q))
+
+
+def _q_powers_times(q, dnum, dden, order):
+    """(2, t+1, ...): q^n dnum and q^n dden."""
+    out = torch.empty((2, order + 1) + q.shape, dtype=q.dtype, device=q.device)
+    out[0, 0], out[1, 0] = dnum, dden
+    for n in range(1, order + 1):
+        torch.mul(out[:, n - 1], q, out=out[:, n])
     return out
+
+
+def _ratio(num, den):
+    ok = den > 0
+    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))
 
 
 def _rows_per_block(L: int, width: int, order: int, chunk: int) -> int:
@@ -109,101 +154,48 @@ class _ParallelFn(torch.autograd.Function):
         r = k2.amin(-2, keepdim=True)
         r = torch.where(torch.isfinite(r), r, torch.zeros_like(r))
         SZ = _parallel_sums(kz, vz, k2, r, order)  # (2, t+1, ..., 1, C)
-        num, den = _horner_q(qc, SZ, order)
-        ok = den > 0
-        y = torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))
+        y = _ratio(_horner_c(SZ[0], qc), _horner_c(SZ[1], qc))
         ctx.save_for_backward(q, k, v, km, y, SZ, r)
         ctx.order = order
         return y.to(v.dtype)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, g):
         q, k, v, km, y, SZ, r = ctx.saved_tensors
         t = ctx.order
         cd = _cd(q)
         qc, kc, vc = q.to(cd), k.to(cd), v.to(cd)
         kz, vz, k2 = _masked(kc, vc, km)
-        g = g.to(cd)
-        coef = _coef(t)
-        _, den = _horner_q(qc, SZ, t, need_num=False)
-        ok = den > 0
-        dnum = torch.where(ok, g / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(g))
+        dnum = _ratio(g.to(cd), _horner_c(SZ[1], qc))
         dden = -dnum * y
-        # dq = dnum * num'(q) + dden * den'(q)
-        dq = _horner_q_deriv(qc, SZ, t, dnum, dden) if t > 0 else torch.zeros_like(qc)
-        # GS_n = sum_i c_n q_i^n dnum_i, GZ_n = sum_i c_n q_i^n dden_i
+        dq = _row_q_grad(qc, SZ, dnum, dden)
+        # G_n = sum_i q_i^n dnum_i (and dden): one pass per degree, summed over the queries
         G = torch.empty((2, t + 1) + SZ.shape[2:], dtype=cd, device=q.device)
-        pd, pz = dnum, dden
+        pd = torch.stack([dnum, dden])
         for n in range(t + 1):
-            G[0, n] = pd.sum(-2, keepdim=True) * coef[n]
-            G[1, n] = pz.sum(-2, keepdim=True) * coef[n]
+            G[:, n] = pd.sum(-2, keepdim=True)
             if n < t:
-                pd, pz = pd * qc, pz * qc
+                pd = pd * qc
         w = _exp_le0(r.expand_as(k2), k2)  # e^{r - k^2}
-        dk, dv = _key_grads(kz, vz, w, G[0], G[1], t)
+        dk, dv = _key_grads(kz, vz, G[0], G[1])
+        dk, dv = dk * w, dv * w
         if km is not None:
-            zero = torch.zeros((), dtype=dk.dtype, device=dk.device)
+            zero = _zeros(dk)
             dk, dv = torch.where(km, dk, zero), torch.where(km, dv, zero)
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None
 
 
 def _parallel_sums(kz, vz, k2, r, order):
     """(2, t+1, ..., 1, C): S_n = sum_j e^{r - k_j^2} k_j^n v_j and Z_n (keys reduced)."""
-    w = _exp_le0(r.expand_as(k2), k2)
+    a = _exp_le0(r.expand_as(k2), k2)
+    av = torch.stack([a * vz, a])
     out = torch.empty((2, order + 1) + r.shape, dtype=kz.dtype, device=kz.device)
-    a = w
     for n in range(order + 1):
-        out[0, n] = (a * vz).sum(-2, keepdim=True)
-        out[1, n] = a.sum(-2, keepdim=True)
+        out[:, n] = av.sum(-2, keepdim=True)
         if n < order:
-            a = a * kz
+            av = av * kz
     return out
-
-
-def _horner_q(q, SZ, order, need_num=True):
-    """num = sum_n c_n q^n S_n, den = sum_n c_n q^n Z_n (S, Z broadcast against q)."""
-    c = _coef(order)
-    num = (SZ[0, order] * c[order]).expand_as(q) if need_num else None
-    den = (SZ[1, order] * c[order]).expand_as(q)
-    for n in range(order - 1, -1, -1):
-        if need_num:
-            num = torch.addcmul(SZ[0, n] * c[n], num, q)
-        den = torch.addcmul(SZ[1, n] * c[n], den, q)
-    return num, den
-
-
-def _horner_q_deriv(q, SZ, order, dnum, dden):
-    """dnum * d num / dq + dden * d den / dq for num, den of :func:`_horner_q`."""
-    c = _coef(order)
-    # coefficients of the derivative: n c_n S_n q^{n-1}; combine S and Z first (per row)
-    acc = None
-    for n in range(order, 0, -1):
-        term = dnum * (SZ[0, n] * (n * c[n])) + dden * (SZ[1, n] * (n * c[n]))
-        acc = term if acc is None else torch.addcmul(term, acc, q)
-    return acc
-
-
-def _key_grads(kz, vz, w, GS, GZ, order):
-    """dv = w sum_n k^n GS_n, dk = w sum_n (n k^{n-1} - 2 k^{n+1}) (v GS_n + GZ_n).
-
-    GS, GZ: (t+1, ...) broadcastable against k (per-key or per-channel coefficients).
-    """
-    PS = None  # sum_n GS_n k^n, Horner
-    PZ = None
-    DS = None  # sum_n n GS_n k^{n-1}
-    DZ = None
-    for n in range(order, -1, -1):
-        PS = GS[n].expand_as(kz) if PS is None else torch.addcmul(GS[n], PS, kz)
-        PZ = GZ[n].expand_as(kz) if PZ is None else torch.addcmul(GZ[n], PZ, kz)
-        if n >= 1:
-            DS = (GS[n] * n).expand_as(kz) if DS is None else torch.addcmul(GS[n] * n, DS, kz)
-            DZ = (GZ[n] * n).expand_as(kz) if DZ is None else torch.addcmul(GZ[n] * n, DZ, kz)
-    if DS is None:
-        DS = torch.zeros_like(kz)
-        DZ = torch.zeros_like(kz)
-    dv = w * PS
-    dk = w * (vz * (DS - 2 * kz * PS) + (DZ - 2 * kz * PZ))
-    return dk, dv
 
 
 def ea_series_parallel(q, k, v, order: int, key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -226,26 +218,22 @@ def _pad_rows(x, pad, value=0.0):
     return torch.nn.functional.pad(x, (0, 0, 0, pad), value=value)
 
 
-def _zeros(x):
-    return torch.zeros((), dtype=x.dtype, device=x.device)
-
-
 class _Block:
     """One block of rows (padded to N chunks of C) continuing from a state; everything the
     forward and the backward recompute. Shapes: chunked tensors (..., N, C, D); per-chunk
     scales (..., N, 1, D); stacked sums (2, t+1, ..., N, {1|C}, D) (S over v, Z without).
 
-    Scales (all depend on the past only): r = running min at the chunk's start (the carried
-    state's scale; +inf before the first key), rho = running min at the chunk's end (the
-    scale of the state after it), m = running min at each row. A row is *safe* when its m is
-    within tau of r (or it has seen no key): its sums are the carried state plus the chunk's
-    prefix sums, both at scale r, with key weights beta_j = e^{r - k_j^2} <= e^tau. Keys with
-    k_j^2 < r - tau get beta 0: only unsafe rows see them. Unsafe rows (and the exact
-    state totals of chunks that hold them) come from :func:`_pairwise`.
+    Scales (all depend on the past only): r = running min at the chunk's first row (the scale
+    the carried state is rescaled to, e^{r - rho_prev} <= 1; +inf before the first key),
+    rho = running min at the chunk's end (the scale of the state after it), m = running min
+    at each row. A row is *safe* when its m is within tau of r (or it has seen no key): its
+    sums are the carried state plus the chunk's prefix sums, both at scale r, with key
+    weights beta_j = e^{r - k_j^2} <= e^tau. Keys with k_j^2 < r - tau get beta 0: only
+    unsafe rows see them. Unsafe rows (and the exact state totals of the chunks that hold
+    them) come from :func:`_pairwise`.
     """
 
     def __init__(self, qc, kc, vc, km, state, ref, order, C, tau):
-        T1 = order + 1
         L = qc.shape[-2]
         self.L, self.pad = L, (-L) % C
         kz, vz, k2 = _masked(kc, vc, km)
@@ -256,24 +244,24 @@ class _Block:
         self.lead, self.N, self.C, self.D, self.order = lead, N, C, D, order
         view = lambda t: t.view(*lead, N, C, D)  # noqa: E731
         self.q, self.k, self.v, self.k2 = view(q), view(kz), view(vz), view(k2)
-        m = torch.minimum(torch.cummin(k2, dim=-2).values, ref.unsqueeze(-2))
-        self.m = view(m)
+        self.m = view(torch.minimum(torch.cummin(k2, dim=-2).values, ref.unsqueeze(-2)))
+        self.r = self.m[..., :1, :]  # the chunk's scale: m at its first row (known to every row of it)
         self.rho = self.m[..., -1:, :]
-        self.r = torch.cat([ref[..., None, None, :], self.rho[..., :-1, :, :]], dim=-3)
+        prev = torch.cat([ref[..., None, None, :], self.rho[..., :-1, :, :]], dim=-3)  # scale of the arriving state
+        self.enter = _exp_le0(self.r, prev)  # e^{r - rho_prev} <= 1 (0: empty state)
+        self.leave = _exp_le0(self.rho, self.r)  # e^{rho - r} <= 1
         fin_r = torch.isfinite(self.r)
         near = fin_r & (self.k2 >= self.r - tau)
         self.beta = torch.where(near, torch.exp(torch.where(near, self.r - self.k2, _zeros(q))), _zeros(q))
         self.unsafe_row = torch.isfinite(self.m) & ~(fin_r & (self.m >= self.r - tau))
         self.unsafe_blk = self.unsafe_row[..., -1, :]  # m only falls: the last row is the worst
-        kp = _powers(self.beta, self.k, order)  # (T1, ..., N, C, D)
-        X = torch.empty((2,) + kp.shape, dtype=kp.dtype, device=kp.device)
-        torch.mul(kp, self.v, out=X[0])
-        X[1] = kp
-        del kp
-        X.cumsum_(dim=-2)  # prefix sums inside each chunk, scale r
-        self.X = X
-        dec = _exp_le0(self.rho, self.r)  # e^{rho - r} <= 1
-        tot = X[..., -1:, :] * dec  # chunk sums at scale rho (exact for safe chunks)
+        # X[0, n] = beta k^n v, X[1, n] = beta k^n
+        X = torch.empty((2, order + 1) + self.q.shape, dtype=q.dtype, device=q.device)
+        torch.mul(self.beta, self.v, out=X[0, 0])
+        X[1, 0] = self.beta
+        for n in range(1, order + 1):
+            torch.mul(X[:, n - 1], self.k, out=X[:, n])
+        tot = X.sum(-2, keepdim=True).mul_(self.leave)  # chunk sums at scale rho (exact for safe chunks)
         self.idx = None
         if bool(self.unsafe_blk.any()):
             self.idx = self.unsafe_blk.nonzero(as_tuple=True)
@@ -285,18 +273,17 @@ class _Block:
             tot[(slice(None), slice(None)) + self.pos[:-2] + (slice(None),) + self.pos[-1:]] = \
                 _chunk_totals(self.gk, self.gv, self.gk2, self.grho, order).permute(2, 0, 1)[..., None]
         St = torch.empty_like(tot)
-        cur = state
-        for c in range(N):  # carried state at each chunk's start, scale r_c
-            St[..., c:c + 1, :, :] = cur
-            cur = torch.addcmul(tot[..., c:c + 1, :, :], cur, dec[..., c:c + 1, :, :])
+        cur = state  # scale: the running min before the chunk
+        for c in range(N):  # carried state at each chunk's start, rescaled to r_c
+            torch.mul(cur, self.enter[..., c:c + 1, :, :], out=St[..., c:c + 1, :, :])
+            cur = torch.addcmul(tot[..., c:c + 1, :, :], St[..., c:c + 1, :, :], self.leave[..., c:c + 1, :, :])
         self.St, self.final, self.ref_out = St, cur, self.rho[..., -1, 0, :]
         if self.idx is not None:
             self.gSt = St[(slice(None), slice(None)) + self.idx[:-1] + (slice(None),) + self.idx[-1:]][..., 0]
             self.gSt = self.gSt.permute(1, 2, 0)  # (2, T1, U)
-
-    def row_sums(self):
-        """(2, T1, ..., N, C, D): safe rows' S, Z at scale r (carried state + chunk prefix)."""
-        return self.X.add_(self.St)
+        # row sums of safe rows: the carried state plus the chunk's prefix sums, scale r
+        X[..., :1, :] += St
+        self.R = X.cumsum_(dim=-2)
 
     def fallback(self, q=None, k=None, v=None):
         """Exact num, den (U, C) of the unsafe chunks' rows at each row's own scale m."""
@@ -330,36 +317,12 @@ def _pairwise(q, k, v, k2, m, order, St, r):
     mi = m.unsqueeze(-1)  # (U, C, 1)
     ok = tri & torch.isfinite(k2).unsqueeze(-2) & torch.isfinite(mi)
     w = torch.where(ok, torch.exp(torch.where(ok, mi - k2.unsqueeze(-2), zero)), zero)
-    x = 2.0 * q.unsqueeze(-1) * k.unsqueeze(-2)
-    p = torch.full_like(x, 1.0 / math.factorial(order))
-    for n in range(order - 1, -1, -1):
-        p = p * x + 1.0 / math.factorial(n)
+    p = _horner_c([torch.ones_like(w)] * (order + 1), 1.0 * q.unsqueeze(-1) * k.unsqueeze(-2))  # P_t(2 q k)
     a = w * p
     num, den = (a * v.unsqueeze(-2)).sum(-1), a.sum(-1)
     # the carried state, rescaled from r to each row's m (e^{m - r} <= 1; 0 before any key)
     dec = _exp_le0(m, r[:, None].expand_as(m))
-    c = _coef(order)
-    ps = pz = None
-    for n in range(order, -1, -1):
-        s_n, z_n = St[0, n][:, None] * c[n], St[1, n][:, None] * c[n]
-        ps = s_n.expand_as(q) if ps is None else ps * q + s_n
-        pz = z_n.expand_as(q) if pz is None else pz * q + z_n
-    return num + dec * ps, den + dec * pz
-
-
-def _poly_rows(qv, R, order):
-    """num, den (..., N, C, D) = sum_n c_n q^n R[0|1, n] (Horner in q)."""
-    c = _coef(order)
-    num, den = R[0, order] * c[order], R[1, order] * c[order]
-    for n in range(order - 1, -1, -1):
-        num = torch.addcmul(R[0, n] * c[n], num, qv)
-        den = torch.addcmul(R[1, n] * c[n], den, qv)
-    return num, den
-
-
-def _ratio(num, den):
-    ok = den > 0
-    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))
+    return num + dec * _horner_c(St[0][..., None], q), den + dec * _horner_c(St[1][..., None], q)
 
 
 class _ChunkFn(torch.autograd.Function):
@@ -378,8 +341,7 @@ class _ChunkFn(torch.autograd.Function):
             sl = (Ellipsis, slice(b0, min(L, b0 + rows)), slice(None))
             starts.append((state, ref))
             blk = _Block(qc[sl], kc[sl], vc[sl], None if km is None else km[sl], state, ref, order, chunk, tau)
-            num, den = _poly_rows(blk.q, blk.row_sums(), order)
-            y = _ratio(num, den)
+            y = _ratio(_horner_c(blk.R[0], blk.q), _horner_c(blk.R[1], blk.q))
             if blk.idx is not None:
                 nb, db = blk.fallback()
                 y[blk.pos] = torch.where(blk.unsafe_row[blk.pos], _ratio(nb, db), y[blk.pos])
@@ -418,51 +380,49 @@ def _backward_block(blk, y, g, G_after, dq_out, dk_out, dv_out, km):
 
     Row scale R_i: r_c (safe rows) or m_i (unsafe rows), consistently with the forward:
     dnum_i = g_i / den_i(R_i), dden_i = -dnum_i y_i, and key j receives
-    GS_{n,j} = sum_{i >= j} c_n q_i^n dnum_i e^{R_i - k_j^2} (GZ with dden):
-    from safe rows of its chunk beta_j * (reverse prefix sum), from later chunks
-    e^{rho_c - k_j^2} * G_c with the suffix state G_c at scale rho_c, from unsafe rows of its
-    chunk through autograd on the exact pairwise form.
+    GS_{n,j} = sum_{i >= j} q_i^n dnum_i e^{R_i - k_j^2} (GZ with dden; the c_n go to
+    :func:`_key_grads`): from safe rows of its chunk beta_j * (reverse prefix sum), from later
+    chunks e^{rho_c - k_j^2} * G_c with the suffix state G_c at scale rho_c, from unsafe rows
+    of its chunk through autograd on the exact pairwise form. The reverse prefix sums run on
+    row-flipped tensors (a forward cumsum), flipped back once at the end.
     """
-    order, T1, coef = blk.order, blk.order + 1, _coef(blk.order)
+    order = blk.order
     yv = _pad_rows(y, blk.pad).view_as(blk.q)
     gv = _pad_rows(g, blk.pad).view_as(blk.q)
-    R = blk.row_sums()
-    _, den = _poly_rows(blk.q, R, order)
-    if blk.idx is not None:
+    R = blk.R
+    den = _horner_c(R[1], blk.q)
+    unsafe = blk.idx is not None
+    if unsafe:
         with torch.no_grad():
             _, db = blk.fallback()
         den[blk.pos] = torch.where(blk.unsafe_row[blk.pos], db, den[blk.pos])
     dnum = _ratio(gv, den)
     dden = -dnum * yv
-    safe = ~blk.unsafe_row
-    dq = None
-    for n in range(order, 0, -1):
-        term = dnum * R[0, n] * (n * coef[n]) + dden * R[1, n] * (n * coef[n])
-        dq = term if dq is None else torch.addcmul(term, dq, blk.q)
-    dq = torch.zeros_like(blk.q) if dq is None else torch.where(safe, dq, _zeros(dq))
-    del R, blk.X
-    RS = torch.empty((2, T1) + blk.q.shape, dtype=blk.q.dtype, device=blk.q.device)
-    pd, pz = dnum, dden
-    for n in range(T1):
-        torch.mul(pd, coef[n], out=RS[0, n])
-        torch.mul(pz, coef[n], out=RS[1, n])
-        if n < order:
-            pd, pz = pd * blk.q, pz * blk.q
-    # rows' share for earlier chunks, at their chunk-start scale r: 1 (safe) or e^{m - r}
-    wrow = torch.where(safe, torch.ones_like(blk.m), _exp_le0(blk.m, blk.r.expand_as(blk.m)))
-    loc = (RS * wrow).sum(-2, keepdim=True)  # (2, T1, ..., N, 1, D)
+    dq = _row_q_grad(blk.q, R, dnum, dden)
+    del R, blk.R
+    if unsafe:
+        safe = ~blk.unsafe_row
+        dq = torch.where(safe, dq, _zeros(dq))
+    flip = lambda t: t.flip(-2)  # noqa: E731
+    RS = _q_powers_times(flip(blk.q), flip(dnum), flip(dden), order)  # (2, T1, ..., N, C, D), rows reversed
+    if unsafe:  # rows' share for earlier chunks at their chunk's scale r: 1 (safe) or e^{m - r}
+        wrow = torch.where(safe, torch.ones_like(blk.m), _exp_le0(blk.m, blk.r.expand_as(blk.m)))
+        loc = (RS * flip(wrow)).sum(-2, keepdim=True)
+        RS = torch.where(flip(safe), RS, _zeros(RS))
+    else:
+        loc = RS.sum(-2, keepdim=True)  # (2, T1, ..., N, 1, D)
     Gc = torch.empty_like(loc)
     cur = torch.zeros_like(loc[..., :1, :, :]) if G_after is None else G_after
-    for c in range(blk.N - 1, -1, -1):
+    for c in range(blk.N - 1, -1, -1):  # G_c at scale rho_c; the result at the block's start scale
         Gc[..., c:c + 1, :, :] = cur
-        cur = loc[..., c:c + 1, :, :] + cur * _exp_le0(blk.rho[..., c:c + 1, :, :], blk.r[..., c:c + 1, :, :])
-    # safe rows of the same chunk: reverse prefix sums at scale r, times beta_j
-    RS = torch.where(safe, RS, _zeros(RS)).flip(-2).cumsum(-2).flip(-2)
-    RS.mul_(blk.beta)
-    RS.add_(Gc * _exp_le0(blk.rho.expand_as(blk.k2), blk.k2))
-    dk, dv = _key_grads(blk.k, blk.v, torch.ones_like(blk.k), RS[0], RS[1], order)
+        cur = blk.enter[..., c:c + 1, :, :] * torch.addcmul(loc[..., c:c + 1, :, :], cur, blk.leave[..., c:c + 1, :, :])
+    RS.cumsum_(dim=-2)  # reverse prefix sums over the safe rows of each chunk
+    RS.mul_(flip(blk.beta))
+    RS.addcmul_(Gc, flip(_exp_le0(blk.rho.expand_as(blk.k2), blk.k2)))  # later chunks, e^{rho - k^2} <= 1
+    dk, dv = _key_grads(flip(blk.k), flip(blk.v), RS[0], RS[1])
     del RS
-    if blk.idx is not None:
+    dk, dv = flip(dk), flip(dv)
+    if unsafe:
         sel = blk.unsafe_row[blk.pos]
         zero = _zeros(dnum)
         with torch.enable_grad():

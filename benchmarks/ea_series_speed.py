@@ -1,0 +1,105 @@
+"""EA-series on CPU (the PyTorch path) against SDPA: forward + backward time, one run.
+
+The question this answers: where Triton is absent, is the PyTorch EA-series path the fast
+path? For each L it times one training step of the attention op alone (forward, then
+backward of ``out.sum()``) in float32 at B = 1, D = 256:
+
+* ``sdpa``: ``F.scaled_dot_product_attention`` on (1, 4, L, 64) (4 heads; PyTorch's fused
+  CPU kernel, O(L D) memory), causal or not;
+* ``ea6`` / ``ea2``: ``ea_zoo.functional.ea_series(..., impl="reference")`` on the same
+  (1, 4, L, 64) tensors (every channel is independent, so heads only group channels).
+
+It reports the best of ``--repeat`` timed calls after a warm-up, the ratio SDPA time / EA
+time measured in the same run, and the issue's targets beside them (causal >= 1.5x at
+L = 1024 and >= 10x at L = 16384; non-causal >= 4x and >= 25x). Run it on an otherwise idle
+machine. Writes JSON, CSV and markdown into ``benchmarks/results/ea_series_speed_cpu/``.
+
+    python benchmarks/ea_series_speed.py [--lengths 1024,4096,16384] [--threads 1] [--repeat 3]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+
+from ea_zoo.analysis import report
+from ea_zoo.analysis.speed import cpu_threads, time_call
+from ea_zoo.functional import ea_series
+
+TARGETS = {(True, 1024): 1.5, (True, 16384): 10.0, (False, 1024): 4.0, (False, 16384): 25.0}
+HEADS, HEAD_DIM = 4, 64
+
+
+def _step(kind: str, causal: bool, L: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(1, HEADS, L, HEAD_DIM, generator=g).requires_grad_() for _ in range(3))
+
+    def run():
+        if kind == "sdpa":
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        else:
+            out = ea_series(q, k, v, order=int(kind[2:]), causal=causal, impl="reference")
+        out.sum().backward()
+        for t in (q, k, v):
+            t.grad = None
+
+    return run
+
+
+def measure(lengths: List[int], kinds: List[str], repeat: int) -> List[Dict]:
+    rows = []
+    for causal in (True, False):
+        for L in lengths:
+            times = {}
+            for kind in kinds:
+                t = time_call(_step(kind, causal, L), warmup=1, repeat=repeat)
+                times[kind] = t["min"]
+                print(f"causal={causal} L={L} {kind}: {t['min'] * 1e3:.1f} ms", file=sys.stderr, flush=True)
+            for kind in kinds:
+                if kind == "sdpa":
+                    continue
+                ratio = times["sdpa"] / times[kind]
+                target = TARGETS.get((causal, L)) if kind == "ea6" else None
+                rows.append({"causal": causal, "L": L, "backend": kind, "seconds": times[kind],
+                             "sdpa_seconds": times["sdpa"], "speedup_vs_sdpa": ratio, "target": target,
+                             "meets_target": None if target is None else ratio >= target})
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--lengths", default="1024,2048,4096,8192,16384")
+    p.add_argument("--backends", default="ea6,ea2", help="EA-series orders to time beside sdpa (eaT)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0 = torch's default)")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "ea_series_speed_cpu"))
+    a = p.parse_args(argv)
+    lengths = [int(x) for x in a.lengths.split(",")]
+    kinds = ["sdpa"] + [b.strip() for b in a.backends.split(",") if b.strip()]
+    with cpu_threads(a.threads if a.threads > 0 else None):
+        env = report.environment("cpu", torch.float32, batch=1, dim=HEADS * HEAD_DIM, heads=HEADS,
+                                 measured="forward + backward of out.sum(), best of %d after 1 warm-up" % a.repeat)
+        rows = measure(lengths, kinds, a.repeat)
+    out = report.prepare_out(a.out)
+    report.write_json(out / "results.json", {"env": env, "rows": rows})
+    report.write_csv(out / "results.csv", rows)
+    table = report.markdown_table(
+        ["form", "L", "backend", "time (ms)", "SDPA (ms)", "SDPA / EA", "target"],
+        [["causal" if r["causal"] else "non-causal", r["L"], r["backend"], f"{r['seconds'] * 1e3:.1f}",
+          f"{r['sdpa_seconds'] * 1e3:.1f}", f"{r['speedup_vs_sdpa']:.2f}x",
+          "" if r["target"] is None else f">= {r['target']}x {'✓' if r['meets_target'] else '✗'}"] for r in rows])
+    notes = (f"B = 1, D = {HEADS * HEAD_DIM} ({HEADS} heads of {HEAD_DIM} for SDPA), float32, {env['torch_threads']} "
+             "torch thread(s); forward + backward of `out.sum()` of the attention op alone, best of "
+             f"{a.repeat} after one warm-up; SDPA and EA-series timed in the same run.")
+    report.write_markdown(out / "results.md", "EA-series (PyTorch path) vs SDPA on CPU, forward + backward",
+                          [("Time and ratio", table), ("Setup", notes)], env)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
