@@ -114,6 +114,10 @@ def _reference(
     cd = compute_dtype(q)
     q, k, v = q.to(cd), k.to(cd), v.to(cd)
     km = expand_key_mask(key_padding_mask, k)
+    if km is not None:  # padded keys/values are selected away: NaN/Inf there cannot leak
+        km = km.to(k.device)
+        zero = torch.zeros((), dtype=cd, device=k.device)
+        k, v = torch.where(km, k, zero), torch.where(km, v, zero)
     Lq, Lk = q.shape[-2], k.shape[-2]
     per_query = max(1, k[..., :1, :].numel() * Lk)  # elements of one query row of the block
     block = max(1, min(Lq, max_block_elements // per_query))

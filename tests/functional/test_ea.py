@@ -75,3 +75,13 @@ def test_causal_needs_square():
     k = torch.randn(1, 5, 2)
     with pytest.raises(ValueError, match="causal"):
         ea(q, k, k, causal=True)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_nan_at_padded_key_does_not_reach_valid_outputs(causal):
+    q, k, v = (torch.randn(2, 9, 4, dtype=torch.float64) for _ in range(3))
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[0, 3] = False
+    clean = ea(q, k, v, causal=causal, key_padding_mask=mask)
+    k[0, 3], v[0, 3] = float("nan"), float("inf")
+    torch.testing.assert_close(ea(q, k, v, causal=causal, key_padding_mask=mask), clean, rtol=0, atol=0)
