@@ -1,17 +1,18 @@
 """Shared base of the AFT backends (Zhai et al. 2021; Feng 2025 eq. 19). Not registered.
 
-A subclass chooses two things:
+A subclass chooses:
 
 * :meth:`AFTBase.position_bias` ``(L) -> (L, L) or None``: the w of eq. 19 for the parallel
   form (None = w = 0, AFT-simple's linear path);
-* ``_cache_limit`` and :meth:`AFTBase._step_bias`: how many of the most recent keys the
-  decoding state caches (with their biases w_tj); older keys are folded into per-channel
-  running sums ``(m, num, den)`` (bias 0). ``None`` caches everything (AFT-full), 0 nothing
-  (AFT-simple), ``window`` the last window keys (AFT-local).
+* its decoding state and :meth:`AFTBase.attend_state`, one call of its functional op with
+  ``initial_state`` / ``output_final_state``: AFT-simple keeps running sums
+  ``{"m", "num", "den"}`` (B, H, d) (:func:`~ea_zoo.functional.aft.aft`); AFT-local the last
+  ``window`` keys/values ``{"k", "v"}`` (B, H, T, d), the sums of the keys that left the
+  window and the token count ``"t"`` (:func:`~ea_zoo.functional.aft.aft_local`); AFT-full the
+  cache ``{"k", "v"}`` of every key (:func:`~ea_zoo.functional.aft.aft_full`).
 
-Decoding state (dict): ``k``, ``v`` (B, H, T, d) cache; ``m``, ``num``, ``den`` (B, H, d)
-running max / numerator / denominator of the folded keys; ``t`` (int) tokens seen. State
-tensors are float32 for half/bfloat16 modules.
+:meth:`AFTBase.step_attend` is the L = 1 case of ``attend_state``. State tensors are in the
+accumulation dtype (:meth:`~ea_zoo.attention.base.AttentionBase.state_factory`).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Optional, Tuple
 import torch
 
 from ea_zoo.attention.base import AttentionBase, State
-from ea_zoo.functional.aft import aft, aft_compute_dtype, aft_state_update, aft_step
+from ea_zoo.functional.aft import aft, init_aft_state
 
 
 class AFTBase(AttentionBase):
@@ -30,16 +31,11 @@ class AFTBase(AttentionBase):
     ``attn_drop`` is accepted and ignored (no explicit attention weights).
     """
 
-    #: number of recent keys cached for decoding (None = all of them); older keys are
-    #: folded into the running sums. Subclasses may set it per instance.
-    _cache_limit: Optional[int] = 0
+    #: kind of decoding state, see :func:`~ea_zoo.functional.aft.init_aft_state`
+    _state_kind: str = "simple"
 
     def position_bias(self, seq_len: int) -> Optional[torch.Tensor]:
         """w of eq. 19, (L, L), or None for w = 0."""
-        return None
-
-    def _step_bias(self, t: int, n_cached: int) -> Optional[torch.Tensor]:
-        """Biases w_{t, j} (n_cached,) of the cached keys j = t - n_cached + 1 .. t."""
         return None
 
     def _check_len(self, seq_len: int, max_len: int) -> None:
@@ -55,33 +51,15 @@ class AFTBase(AttentionBase):
                    key_padding_mask=key_padding_mask)
 
     # ------------------------------------------------------------------ decoding
-    def init_state(self, batch_size: int, device=None, dtype=None) -> State:
+    def init_state(self, batch_size: int = 1, device=None, dtype=None) -> State:
+        """Empty decoding state for ``batch_size`` sequences on the module's device in its
+        accumulation dtype unless given (see the module docstring for its entries)."""
         self._require_step()
-        ref = self.qkv.weight
-        ct = aft_compute_dtype(dtype or ref.dtype)
-        shape = (batch_size, self.num_heads, self.head_dim)
-        dd = {"device": device if device is not None else ref.device, "dtype": ct}
-        cache = torch.zeros(batch_size, self.num_heads, 0, self.head_dim, **dd)
-        state = {"k": cache, "v": cache.clone(), "t": 0}
-        if self._cache_limit is not None:  # running sums of the keys outside the cache
-            state.update(m=torch.full(shape, float("-inf"), **dd),
-                         num=torch.zeros(shape, **dd), den=torch.zeros(shape, **dd))
-        return state
+        return init_aft_state((batch_size, self.num_heads), self.head_dim, kind=self._state_kind,
+                              **self.state_factory(device, dtype))
 
     def step_attend(self, q, k, v, state: State) -> Tuple[torch.Tensor, State]:
-        """q, k, v (B, H, d) -> (B, H, d), new state (the input state is not modified)."""
-        t = state["t"]
-        ct = state["k"].dtype
-        kc = torch.cat([state["k"], k.to(ct)[..., None, :]], dim=-2)
-        vc = torch.cat([state["v"], v.to(ct)[..., None, :]], dim=-2)
-        new = {"t": t + 1}
-        sums = None
-        if self._cache_limit is not None:
-            sums = (state["m"], state["num"], state["den"])
-            if kc.shape[-2] > self._cache_limit:  # the oldest key leaves the window
-                sums = aft_state_update(sums, kc[..., 0, :], vc[..., 0, :])
-                kc, vc = kc[..., 1:, :], vc[..., 1:, :]
-            new.update(m=sums[0], num=sums[1], den=sums[2])
-        y = aft_step(q, kc, vc, bias=self._step_bias(t, kc.shape[-2]), sums=sums)
-        new.update(k=kc, v=vc)
-        return y, new
+        """q, k, v (B, H, d) -> (B, H, d), new state (the input state is not modified):
+        the L = 1 case of :meth:`attend_state`."""
+        o, state = self.attend_state(q.unsqueeze(2), k.unsqueeze(2), v.unsqueeze(2), state)
+        return o.squeeze(2), state

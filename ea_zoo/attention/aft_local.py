@@ -7,6 +7,8 @@ import torch
 from torch import nn
 
 from ea_zoo.attention.aft import AFTBase
+from ea_zoo.attention.base import State
+from ea_zoo.functional.aft import aft, aft_local, aft_local_dense_bias
 from ea_zoo.registry import register_attention
 
 
@@ -17,9 +19,12 @@ class AFTLocal(AFTBase):
     x (B, L, D) -> (B, L, D). Outside the window the bias is 0, not -inf: every key still
     contributes (``e^{k_j}``), so the mixing stays global. Only the band is stored:
     ``pos_bias[i, r] = w_{i, i + r - (window - 1)}``, shape (max_len, 2 window - 1), init 0;
-    L > max_len is a ValueError. Parallel form O(L^2 D) (dense w). Decoding is recurrent:
-    AFT-simple running sums of the keys that left the window plus a cache of the last
-    ``window`` keys/values for their biases: 3 D + 2 window D numbers, whatever L.
+    L > max_len is a ValueError. Parallel form: causal O(L window D) (banded,
+    :func:`~ea_zoo.functional.aft.aft_local`), non-causal O(L^2 D) (dense w). Decoding is
+    recurrent: AFT-simple running sums of the keys that left the window plus a cache of the
+    last ``window`` keys/values for their biases and the token count ``t``: 3 D + 2 window D
+    numbers, whatever L; ``prefill`` runs L tokens from a state in one call. Decoding past
+    ``max_decode_len`` (= max_len) positions is a ValueError raised before any work.
 
     Args (besides :class:`~ea_zoo.attention.base.AttentionBase`'s):
         window: keys with |i - j| < window get a learned bias.
@@ -29,6 +34,7 @@ class AFTLocal(AFTBase):
     recurrent = True
     supports_step = True
     paper_equation = "19 (AFT-local, Zhai et al. 2021)"
+    _state_kind = "local"
 
     def __init__(
         self,
@@ -56,7 +62,7 @@ class AFTLocal(AFTBase):
             raise ValueError(f"max_len must be a positive int, got {max_len!r}")
         self.window = window
         self.max_len = max_len
-        self._cache_limit = window
+        self.max_decode_len = max_len  # positions the bias table covers when decoding
         self.pos_bias = nn.Parameter(torch.zeros(max_len, 2 * window - 1, device=device, dtype=dtype))
 
     def extra_repr(self) -> str:
@@ -65,16 +71,22 @@ class AFTLocal(AFTBase):
     def position_bias(self, seq_len: int) -> torch.Tensor:
         """Dense w (L, L): the band from ``pos_bias``, 0 outside it."""
         self._check_len(seq_len, self.max_len)
-        idx = torch.arange(seq_len, device=self.pos_bias.device)
-        r = idx[None, :] - idx[:, None] + (self.window - 1)  # band column of (i, j)
-        inside = (r >= 0) & (r < 2 * self.window - 1)
-        w = self.pos_bias[:seq_len].gather(1, r.clamp(0, 2 * self.window - 2))
-        return w.masked_fill(~inside, 0.0)
+        return aft_local_dense_bias(self.pos_bias, self.window, seq_len)
 
-    def _step_bias(self, t: int, n_cached: int) -> torch.Tensor:
-        # cached keys j = t - n_cached + 1 .. t -> band columns window - n_cached .. window - 1
-        self._check_len(t + 1, self.max_len)
-        return self.pos_bias[t, self.window - n_cached: self.window]
+    def attend(self, q, k, v, key_padding_mask, causal):
+        """q, k, v (B, H, L, d) -> (B, H, L, d); causal: banded, non-causal: dense w."""
+        self._check_len(q.shape[-2], self.max_len)
+        if causal:
+            return aft_local(q, k, v, self.pos_bias, self.window, causal=True,
+                             key_padding_mask=key_padding_mask)
+        return aft(q, k, v, pos_bias=self.position_bias(q.shape[-2]), causal=False,
+                   key_padding_mask=key_padding_mask)
+
+    def attend_state(self, q, k, v, state: State):
+        """q, k, v (B, H, L, d) at positions t .. t + L - 1: one :func:`aft_local` call with
+        ``initial_state``. Returns (o (B, H, L, d), state after the last token)."""
+        return aft_local(q, k, v, self.pos_bias, self.window, causal=True, initial_state=state,
+                         output_final_state=True)
 
     def state_numel(self, seq_len: int) -> int:
         return 3 * self.dim + 2 * self.window * self.dim

@@ -6,6 +6,8 @@ from typing import Optional, Type
 from torch import nn
 
 from ea_zoo.attention.aft import AFTBase
+from ea_zoo.attention.base import State
+from ea_zoo.functional.aft import aft
 from ea_zoo.registry import register_attention
 
 
@@ -15,13 +17,14 @@ class AFTSimple(AFTBase):
 
     x (B, L, D) -> (B, L, D). O(L D) compute and memory (causal prefix sums in log space,
     see :mod:`ea_zoo.functional.aft`). Decoding keeps per-channel running max, numerator
-    and denominator: 3 D numbers, whatever L.
+    and denominator ``{"m", "num", "den"}`` (B, H, d): 3 D numbers, whatever L;
+    ``prefill`` runs L tokens from a state in one parallel call.
     """
 
     recurrent = True
     supports_step = True
     paper_equation = "19 (w = 0; AFT-simple, Zhai et al. 2021)"
-    _cache_limit = 0
+    _state_kind = "simple"
 
     def __init__(
         self,
@@ -41,6 +44,11 @@ class AFTSimple(AFTBase):
     ) -> None:
         super().__init__(dim, num_heads, qkv_bias, qk_norm, scale_norm, proj_bias, attn_drop,
                          proj_drop, norm_layer, device, dtype, causal=causal)
+
+    def attend_state(self, q, k, v, state: State):
+        """q, k, v (B, H, L, d) continuing from the running sums: one causal :func:`aft` call
+        with ``initial_state``. Returns (o (B, H, L, d), the sums after the last token)."""
+        return aft(q, k, v, causal=True, initial_state=state, output_final_state=True)
 
     def state_numel(self, seq_len: int) -> int:
         return 3 * self.dim

@@ -29,7 +29,8 @@ class KernelAttention(AttentionBase):
     Subclasses set ``feature_dim`` (F), ``normalize`` and implement ``phi_q`` / ``phi_k``:
     (B, H, L, d) -> (B, H, L, F), computed in the accumulation dtype (float32 for half
     inputs). Causal mode uses the chunked form; decoding keeps S (B, H, F, d) and, when
-    normalised, z (B, H, F): a fixed-size state.
+    normalised, z (B, H, F): a fixed-size state. ``attend_state`` / ``prefill`` run L tokens
+    in one chunked call from a state; ``step`` is its L = 1 case.
     """
 
     recurrent = True
@@ -59,16 +60,26 @@ class KernelAttention(AttentionBase):
             normalize=self.normalize, eps=self.eps, chunk_size=self.chunk_size,
         )
 
-    def init_state(self, batch_size: int, device=None, dtype=None) -> State:
-        """Zero S (B, H, F, d) and z (B, H, F) (float32 for half dtypes)."""
-        p = self.qkv.weight
+    def init_state(self, batch_size: int = 1, device=None, dtype=None) -> State:
+        """Zero S (B, H, F, d) and, when normalised, z (B, H, F), on the module's device in
+        its accumulation dtype unless given (:meth:`~AttentionBase.state_factory`)."""
+        self._require_step()
         return init_linear_state(
             batch_size, self.num_heads, self.feature_dim, self.head_dim, normalize=self.normalize,
-            device=device or p.device, dtype=dtype or p.dtype,
+            **self.state_factory(device, dtype),
+        )
+
+    def attend_state(self, q, k, v, state: State):
+        """Causal mixing of L new tokens' heads q, k, v (B, H, L, d) continuing from
+        ``state``: one chunked :func:`linear_attention` call with ``initial_state``.
+        Returns (o (B, H, L, d), final state)."""
+        return linear_attention(
+            self.phi_q(q), self.phi_k(k), v, causal=True, normalize=self.normalize, eps=self.eps,
+            chunk_size=self.chunk_size, initial_state=state, output_final_state=True,
         )
 
     def step_attend(self, q, k, v, state):
-        """q, k, v (B, H, d) -> (B, H, d), new state."""
+        """q, k, v (B, H, d) -> (B, H, d), new state: the L = 1 case of :meth:`attend_state`."""
         fq = self.phi_q(q.unsqueeze(2)).squeeze(2)
         fk = self.phi_k(k.unsqueeze(2)).squeeze(2)
         return linear_attention_step(fq, fk, v, state, normalize=self.normalize, eps=self.eps)

@@ -12,7 +12,7 @@ from torch import nn
 
 from ea_zoo.attention.base import AttentionBase, State
 from ea_zoo.functional.checks import check_key_padding_mask
-from ea_zoo.functional.softmax import init_kv_cache, softmax_attention, softmax_attention_step
+from ea_zoo.functional.softmax import init_kv_cache, softmax_attention
 from ea_zoo.registry import register_attention
 
 __all__ = ["SoftmaxAttention"]
@@ -26,6 +26,8 @@ class SoftmaxAttention(AttentionBase):
     mask timm/SDPA accept, broadcastable to (B, H, L, L) (bool True = keep, or additive
     float). A 2-D mask of shape (B, L) is always read as key padding (so with B == L an
     (L, L) mask is ambiguous: pass it as (1, 1, L, L)). ``attn_drop`` acts in training.
+    Decoding: a KV cache (B, H, T, d) in the accumulation dtype; ``prefill`` appends L tokens
+    in one SDPA call, ``step`` is its L = 1 case.
     """
 
     recurrent = False
@@ -82,15 +84,27 @@ class SoftmaxAttention(AttentionBase):
             dropout_p=self.attn_drop.p if self.training else 0.0,
         )
 
-    def init_state(self, batch_size: int, device=None, dtype=None) -> State:
-        """Empty KV cache {'k', 'v'}, each (B, H, 0, d)."""
-        p = self.qkv.weight
-        return init_kv_cache(batch_size, self.num_heads, self.head_dim,
-                             device=device or p.device, dtype=dtype or p.dtype)
+    def init_state(self, batch_size: int = 1, device=None, dtype=None) -> State:
+        """Empty KV cache {'k', 'v'}, each (B, H, 0, d), on the module's device in its
+        accumulation dtype unless given (:meth:`~AttentionBase.state_factory`: float64 for a
+        float64 module, float32 otherwise)."""
+        self._require_step()
+        return init_kv_cache(batch_size, self.num_heads, self.head_dim, **self.state_factory(device, dtype))
+
+    def attend_state(self, q, k, v, state: State):
+        """q, k, v (B, H, L, d) of L new tokens: appends k, v to the cache and attends in one
+        SDPA call, query i (absolute position T + i) seeing keys 0 .. T + i.
+        Returns (o (B, H, L, d), the grown cache)."""
+        return softmax_attention(
+            q, k, v, causal=True, scale=self.scale, initial_state=state, output_final_state=True,
+            dropout_p=self.attn_drop.p if self.training else 0.0,
+        )
 
     def step_attend(self, q, k, v, state):
-        """q, k, v (B, H, d); appends k, v to the cache and attends over it."""
-        return softmax_attention_step(q, k, v, state, scale=self.scale)
+        """q, k, v (B, H, d); appends k, v to the cache and attends over it (the L = 1 case of
+        :meth:`attend_state`)."""
+        o, state = self.attend_state(q.unsqueeze(2), k.unsqueeze(2), v.unsqueeze(2), state)
+        return o.squeeze(2), state
 
     def state_numel(self, seq_len: int) -> int:
         """KV cache: 2 * L * D numbers."""

@@ -5,6 +5,15 @@
 computed with ``F.scaled_dot_product_attention`` (SDPA). Shapes: q (..., Lq, d), k and v
 (..., Lk, d), usually (B, H, L, d). Masks follow SDPA: a bool mask is True = keep, a float
 mask is added to the scores.
+
+Key padding: padded keys and values are replaced by 0 (``torch.where``) before SDPA, so an
+inf/NaN at a padded position never reaches a valid output (0 * NaN would).
+
+KV cache (causal only): ``initial_state`` = ``{"k", "v"}`` (B, H, T, d) of the T tokens
+seen (plus ``"mask"`` (B, T) bool once padding was used; :func:`init_kv_cache` gives an
+empty one) and ``output_final_state=True`` returns ``(o, cache with this call's keys
+appended)``; query i of the call sits at absolute position T + i and sees keys 0 .. T + i.
+:func:`softmax_attention_step` is the L = 1 call.
 """
 from __future__ import annotations
 
@@ -32,36 +41,56 @@ def softmax_attention(
     attn_mask: Optional[torch.Tensor] = None,
     scale: Optional[float] = None,
     dropout_p: float = 0.0,
-) -> torch.Tensor:
+    initial_state: Optional[Dict[str, torch.Tensor]] = None,
+    output_final_state: bool = False,
+):
     """Softmax attention (eq. 17): q (B, H, Lq, d), k, v (B, H, Lk, d) -> (B, H, Lq, d).
 
     Args:
         causal: query i sees keys j <= i (bottom-right aligned when Lq != Lk).
-        key_padding_mask: (B, Lk) bool, True = keep; padded keys get zero weight.
+        key_padding_mask: (B, Lk) bool, True = keep; padded keys get zero weight and their
+            (possibly non-finite) k, v are never read.
         attn_mask: any mask SDPA accepts, broadcastable to (B, H, Lq, Lk): bool (True =
             keep) or float (added to the scores). Combined with ``causal`` and
             ``key_padding_mask`` (SDPA itself refuses ``attn_mask`` with ``is_causal``).
         scale: score scale, 1/sqrt(d) when None.
         dropout_p: dropout on the attention weights (pass 0 in eval).
+        initial_state: causal only: KV cache ``{"k", "v"}`` (B, H, T, d) (and ``"mask"``
+            (B, T)) of the tokens before this call; k, v are appended to it (in its dtype)
+            and ``key_padding_mask`` is then this call's (B, Lk) mask. No ``attn_mask``.
+        output_final_state: causal only: also return the cache after this call.
 
-    A query row that sees no key at all (e.g. causal with left padding) outputs 0, and its
-    gradients are 0, never NaN.
+    Returns:
+        o in v's dtype, or ``(o, cache)`` when ``output_final_state``. A query row that sees
+        no key at all (e.g. causal with left padding) outputs 0, and its gradients are 0,
+        never NaN.
     """
     check_qkv(q, k, v, "softmax_attention")
+    if initial_state is not None or output_final_state:
+        return _softmax_with_cache(q, k, v, key_padding_mask, attn_mask, scale, dropout_p,
+                                   causal, initial_state, output_final_state)
     lq, lk = q.shape[-2], k.shape[-2]
-    if key_padding_mask is None and attn_mask is None:
+    kpm = None
+    if key_padding_mask is not None:
+        kpm = check_key_padding_mask(key_padding_mask, k.shape[0], lk).to(q.device)
+        zero = kpm.view(k.shape[0], *([1] * (k.dim() - 3)), lk, 1)  # padded k, v -> 0 (NaN-proof)
+        kpm = kpm.view(k.shape[0], *([1] * (q.dim() - 2)), lk)
+        k = torch.where(zero, k, torch.zeros((), dtype=k.dtype, device=k.device))
+        v = torch.where(zero, v, torch.zeros((), dtype=v.dtype, device=v.device))
+    if kpm is None and attn_mask is None:
         if not causal or lq == lk:  # fast path: no row can be empty
             return F.scaled_dot_product_attention(
                 q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale
             )
+        if lq < lk:  # bottom-right causal: every row sees >= Lk - Lq + 1 keys (all when Lq = 1)
+            mask = None if lq == 1 else _causal_keep(lq, lk, q.device)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
 
     keep: Optional[torch.Tensor] = None  # bool, True = keep
     bias: Optional[torch.Tensor] = None  # float, added to the scores
     if causal:
         keep = _causal_keep(lq, lk, q.device)
-    if key_padding_mask is not None:
-        kpm = check_key_padding_mask(key_padding_mask, k.shape[0], lk).to(q.device)
-        kpm = kpm.view(k.shape[0], *([1] * (q.dim() - 2)), lk)
+    if kpm is not None:
         keep = kpm if keep is None else keep & kpm
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
@@ -71,22 +100,63 @@ def softmax_attention(
         else:
             raise TypeError(f"attn_mask must be bool (True = keep) or float (additive), got {attn_mask.dtype}")
 
+    # rows that see no key attend anywhere (finite: padded k, v are 0), then are zeroed;
+    # done unconditionally, so no host sync decides whether any row is empty
     if bias is None:
-        mask = keep
         dead = ~keep.any(-1, keepdim=True)
-        has_dead = bool(dead.any())
-        if has_dead:
-            mask = keep | dead  # let empty rows attend anywhere, then zero them below
+        mask = keep | dead
     else:
         mask = bias if keep is None else torch.where(keep, bias, float("-inf"))
         dead = torch.isneginf(mask).all(-1, keepdim=True)
-        has_dead = bool(dead.any())
-        if has_dead:
-            mask = mask.masked_fill(dead, 0.0)
+        mask = mask.masked_fill(dead, 0.0)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
-    if has_dead:
-        out = out.masked_fill(dead, 0.0)
-    return out
+    return out.masked_fill(dead, 0.0)
+
+
+def _softmax_with_cache(q, k, v, key_padding_mask, attn_mask, scale, dropout_p, causal,
+                        initial_state, output_final_state):
+    """softmax_attention with a KV cache (see :func:`softmax_attention`)."""
+    if not causal:
+        raise ValueError(
+            "softmax_attention: initial_state / output_final_state need causal=True (a KV cache "
+            "carries only the past), got causal=False"
+        )
+    if attn_mask is not None:
+        raise ValueError("softmax_attention: attn_mask cannot be combined with initial_state / "
+                         "output_final_state; pass key_padding_mask (B, Lk) instead")
+    B, lk = k.shape[0], k.shape[-2]
+    out_dtype = v.dtype
+    kpm = None
+    if key_padding_mask is not None:
+        kpm = check_key_padding_mask(key_padding_mask, B, lk).to(k.device)
+    if initial_state and initial_state.get("k") is not None:
+        kc, vc = initial_state["k"], initial_state["v"]
+        if kc.shape[:-2] != k.shape[:-2] or kc.shape[-1] != k.shape[-1] or vc.shape[:-1] != kc.shape[:-1] \
+                or vc.shape[-1] != v.shape[-1]:
+            raise ValueError(
+                f"softmax_attention: initial_state['k'], ['v'] must have shape {tuple(k.shape[:-2])} + "
+                f"(T, {k.shape[-1]}) and (T, {v.shape[-1]}), got {tuple(kc.shape)} and {tuple(vc.shape)}"
+            )
+        cache_mask = initial_state.get("mask")
+        T = kc.shape[-2]
+        if kpm is not None or cache_mask is not None:
+            old = cache_mask if cache_mask is not None else torch.ones(B, T, dtype=torch.bool, device=k.device)
+            new = kpm if kpm is not None else torch.ones(B, lk, dtype=torch.bool, device=k.device)
+            kpm = torch.cat([old.to(device=k.device, dtype=torch.bool), new], dim=-1)
+        k = torch.cat([kc, k.to(kc.dtype)], dim=-2)
+        v = torch.cat([vc, v.to(vc.dtype)], dim=-2)
+    if kpm is not None:  # the cache stores zeros at padded positions (NaN-proof)
+        zero = kpm.view(B, *([1] * (k.dim() - 3)), kpm.shape[-1], 1)
+        k = torch.where(zero, k, torch.zeros((), dtype=k.dtype, device=k.device))
+        v = torch.where(zero, v, torch.zeros((), dtype=v.dtype, device=v.device))
+    out = softmax_attention(q.to(k.dtype), k, v, causal=True, key_padding_mask=kpm, scale=scale,
+                            dropout_p=dropout_p).to(out_dtype)
+    if not output_final_state:
+        return out
+    cache = {"k": k, "v": v}
+    if kpm is not None:
+        cache["mask"] = kpm
+    return out, cache
 
 
 def init_kv_cache(
@@ -104,16 +174,14 @@ def softmax_attention_step(
     state: Optional[Dict[str, torch.Tensor]],
     scale: Optional[float] = None,
 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """One causal decoding step with a KV cache.
+    """One causal decoding step with a KV cache: the L = 1 call of :func:`softmax_attention`.
 
     q_t, k_t, v_t: (B, H, d). state: {'k': (B, H, n, d), 'v': (B, H, n, d)} for the n tokens
     seen so far (None or {} = empty). Returns y_t (B, H, d) and the new state with n + 1
     tokens (the old state is not modified).
     """
-    k_new, v_new = k_t.unsqueeze(-2), v_t.unsqueeze(-2)
-    if state and state.get("k") is not None:
-        k_new = torch.cat([state["k"], k_new.to(state["k"].dtype)], dim=-2)
-        v_new = torch.cat([state["v"], v_new.to(state["v"].dtype)], dim=-2)
-    q = q_t.unsqueeze(-2).to(k_new.dtype)
-    out = F.scaled_dot_product_attention(q, k_new, v_new, scale=scale).squeeze(-2)
-    return out.to(v_t.dtype), {"k": k_new, "v": v_new}
+    o, new = softmax_attention(
+        q_t.unsqueeze(-2), k_t.unsqueeze(-2), v_t.unsqueeze(-2), causal=True, scale=scale,
+        initial_state=state or None, output_final_state=True,
+    )
+    return o.squeeze(-2), new

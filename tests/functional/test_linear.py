@@ -150,3 +150,151 @@ def test_half_precision_long_causal(dtype):
     assert ((out.double() - ref).norm() / ref.norm()) < 2e-2
     un = linear_attention(x[0] * d ** -0.5, x[1], v, causal=True, normalize=False)
     assert un.dtype == dtype
+
+
+# ------------------------------------------------------------------ state contract
+SCALES = [1.0, 3.0, 10.0, 30.0]
+
+
+def random_pieces(L, seed):
+    """Random piece sizes (>= 1) summing to L."""
+    g = torch.Generator().manual_seed(seed)
+    sizes, left = [], L
+    while left:
+        n = int(torch.randint(1, min(left, 9) + 1, (1,), generator=g))
+        sizes.append(n)
+        left -= n
+    return sizes
+
+
+def run_in_pieces(q, k, v, sizes, kpm=None, state=None, **kw):
+    outs, s = [], 0
+    for n in sizes:
+        sl = slice(s, s + n)
+        o, state = linear_attention(q[..., sl, :], k[..., sl, :], v[..., sl, :], causal=True,
+                                    key_padding_mask=None if kpm is None else kpm[:, sl],
+                                    initial_state=state, output_final_state=True, **kw)
+        outs.append(o)
+        s += n
+    return torch.cat(outs, -2), state
+
+
+def rel_err(a, b):
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pieces_equal_whole(normalize, padded, scale, seed):
+    fmap = elu1_feature_map if normalize else identity_feature_map
+    B, H, L, Fd, d = 2, 3, 37, 6, 5
+    q, k = (fmap(scale * torch.randn(B, H, L, Fd, dtype=torch.float64)) for _ in range(2))
+    v = scale * torch.randn(B, H, L, d, dtype=torch.float64)
+    kpm = pad_mask(B, L) if padded else None
+    whole, st_whole = linear_attention(q, k, v, causal=True, key_padding_mask=kpm, normalize=normalize,
+                                       chunk_size=8, initial_state=None, output_final_state=True)
+    torch.testing.assert_close(whole, linear_attention(q, k, v, causal=True, key_padding_mask=kpm,
+                                                       normalize=normalize, chunk_size=8))
+    st0 = init_linear_state(B, H, Fd, d, normalize=normalize, dtype=torch.float64)
+    pieces, st = run_in_pieces(q, k, v, random_pieces(L, seed), kpm, st0, normalize=normalize, chunk_size=4)
+    assert rel_err(pieces, whole) < 1e-9
+    assert set(st) == ({"S", "z"} if normalize else {"S"})
+    for key in st:
+        assert rel_err(st[key], st_whole[key]) < 1e-9
+    # the final state is the sum over the kept keys
+    keep = torch.ones(B, L, dtype=torch.bool) if kpm is None else kpm
+    kk = torch.where(keep[:, None, :, None], k, 0.0)
+    torch.testing.assert_close(st["S"], kk.transpose(-1, -2) @ torch.where(keep[:, None, :, None], v, 0.0))
+    assert (st0["S"] == 0).all()  # the initial state is not modified
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_initial_state_adds_phi_q_S0(normalize):
+    B, H, L, Fd, d = 1, 2, 9, 4, 3
+    q, k, v = feats(B, H, L, Fd, d)
+    S0 = torch.rand(B, H, Fd, d, dtype=torch.float64)
+    z0 = torch.rand(B, H, Fd, dtype=torch.float64)
+    st = {"S": S0, "z": z0} if normalize else {"S": S0}
+    out = linear_attention(q, k, v, causal=True, normalize=normalize, initial_state=st, chunk_size=4)
+    w = torch.where(torch.ones(L, L, dtype=torch.bool).tril(), q @ k.transpose(-1, -2), 0.0)
+    num = w @ v + q @ S0
+    ref = num / (w.sum(-1) + (q @ z0.unsqueeze(-1)).squeeze(-1)).unsqueeze(-1) if normalize else num
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_step_is_the_L1_call(normalize):
+    B, H, Fd, d = 2, 3, 6, 5
+    q, k, v = feats(B, H, 4, Fd, d)
+    state = init_linear_state(B, H, Fd, d, normalize=normalize, dtype=torch.float64)
+    for t in range(4):
+        o_step, st_step = linear_attention_step(q[:, :, t], k[:, :, t], v[:, :, t], state, normalize=normalize)
+        o_call, st_call = linear_attention(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], causal=True,
+                                           normalize=normalize, initial_state=state, output_final_state=True)
+        assert torch.equal(o_step, o_call[:, :, 0])
+        assert st_step.keys() == st_call.keys()
+        for key in st_step:
+            assert torch.equal(st_step[key], st_call[key])
+        state = st_step
+
+
+def test_state_needs_causal_and_the_right_shapes():
+    q, k, v = feats(1, 2, 5, 4, 3)
+    st = init_linear_state(1, 2, 4, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="causal=True"):
+        linear_attention(q, k, v, initial_state=st)
+    with pytest.raises(ValueError, match="causal=True"):
+        linear_attention(q, k, v, output_final_state=True)
+    with pytest.raises(ValueError, match=r"initial_state\['S'\] must have shape \(1, 2, 4, 3\)"):
+        linear_attention(q, k, v, causal=True, initial_state={"S": torch.zeros(1, 2, 3, 3), "z": st["z"]})
+    with pytest.raises(ValueError, match="'S' and 'z'"):
+        linear_attention(q, k, v, causal=True, initial_state={"S": st["S"]})
+
+
+@pytest.mark.parametrize("fmap", ["elu1", "identity"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("scale", SCALES)
+def test_future_keys_never_change_past_outputs(fmap, dtype, scale):
+    """Changing keys/values at positions >= i leaves outputs < i unchanged (exactly in
+    float64, to 1e-6 relative in float32), at trained-model scales with key offsets."""
+    phi = FEATURE_MAPS[fmap]
+    B, H, L, d = 2, 2, 40, 8
+    for offset in (0.0, 30.0):
+        q, k, v = (scale * torch.randn(B, H, L, d, dtype=dtype) for _ in range(3))
+        k = k + offset
+        args = dict(causal=True, normalize=fmap != "identity", chunk_size=8)
+        out = linear_attention(phi(q), phi(k), v, **args)
+        for i in (1, 8, 21, 39):
+            k2, v2 = k.clone(), v.clone()
+            k2[:, :, i:] = scale * torch.randn_like(k2[:, :, i:]) + offset + 5 * scale
+            v2[:, :, i:] = 3 * scale * torch.randn_like(v2[:, :, i:])
+            out2 = linear_attention(phi(q), phi(k2), v2, **args)
+            if dtype == torch.float64:
+                assert torch.equal(out2[:, :, :i], out[:, :, :i])
+            else:
+                assert rel_err(out2[:, :, :i], out[:, :, :i]) <= 1e-6
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_nan_at_padded_positions_never_reaches_valid_outputs(causal):
+    q, k, v = feats()
+    kpm = pad_mask(2, 37)
+    ref = linear_attention(q, k, v, causal=causal, key_padding_mask=kpm, chunk_size=8)
+    pad = ~kpm[:, None, :, None]
+    k2 = torch.where(pad, torch.nan, k)
+    v2 = torch.where(pad, torch.nan, v)
+    q2 = torch.where(pad, torch.nan, q)  # a padded query only spoils its own row
+    out = linear_attention(q2, k2, v2, causal=causal, key_padding_mask=kpm, chunk_size=8)
+    valid = kpm[:, None, :, None].expand_as(out)
+    torch.testing.assert_close(out[valid], ref[valid], rtol=0, atol=0)
+    if causal:  # and through a state
+        st = init_linear_state(2, 3, 6, 5, dtype=torch.float64)
+        o1, st = linear_attention(q2[..., :20, :], k2[..., :20, :], v2[..., :20, :], causal=True,
+                                  key_padding_mask=kpm[:, :20], initial_state=st, output_final_state=True)
+        assert all(torch.isfinite(t).all() for t in st.values())
+        o2 = linear_attention(q2[..., 20:, :], k2[..., 20:, :], v2[..., 20:, :], causal=True,
+                              key_padding_mask=kpm[:, 20:], initial_state=st)
+        pieces = torch.cat([o1, o2], -2)
+        assert rel_err(pieces[valid], ref[valid]) < 1e-12

@@ -125,3 +125,115 @@ def test_half_precision(dtype):
     assert out.dtype == dtype and torch.isfinite(out).all()
     ref = naive_softmax(q, k, v, True, kpm)
     assert (out.double() - ref).abs().max() < 0.1
+
+
+# ------------------------------------------------------------------ NaN at padded positions
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("with_attn_mask", [False, True])
+def test_nan_at_padded_positions_never_reaches_valid_outputs(causal, with_attn_mask):
+    """SDPA gives 0 weight to masked keys, but 0 * NaN = NaN: padded k and v must be replaced
+    (torch.where), not multiplied away."""
+    q, k, v = qkv()
+    kpm = pad_mask(2, 11)
+    am = None
+    if with_attn_mask:
+        am = torch.rand(1, 1, 11, 11) > 0.3
+        am[..., 6] = True
+    ref = softmax_attention(q, k, v, causal=causal, key_padding_mask=kpm, attn_mask=am)
+    pad = ~kpm[:, None, :, None]
+    k2, v2 = torch.where(pad, torch.nan, k), torch.where(pad, torch.inf, v)
+    k2[0, :, -1] = torch.inf
+    out = softmax_attention(q, k2, v2, causal=causal, key_padding_mask=kpm, attn_mask=am)
+    valid = kpm[:, None, :, None].expand_as(out)
+    torch.testing.assert_close(out[valid], ref[valid], rtol=0, atol=0)
+    assert torch.isfinite(out).all()
+
+
+# ------------------------------------------------------------------ KV cache state
+SCALES = [1.0, 3.0, 10.0, 30.0]
+
+
+def random_pieces(L, seed):
+    g = torch.Generator().manual_seed(seed)
+    sizes, left = [], L
+    while left:
+        n = int(torch.randint(1, min(left, 9) + 1, (1,), generator=g))
+        sizes.append(n)
+        left -= n
+    return sizes
+
+
+def rel_err(a, b):
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cache_pieces_equal_whole(padded, scale, seed):
+    B, H, L, d = 2, 3, 27, 8
+    q, k, v = (scale * t for t in qkv(B, H, L, d))
+    kpm = pad_mask(B, L) if padded else None
+    whole = softmax_attention(q, k, v, causal=True, key_padding_mask=kpm)
+    state = init_kv_cache(B, H, d, dtype=torch.float64)
+    outs, s = [], 0
+    for n in random_pieces(L, seed):
+        sl = slice(s, s + n)
+        prev = state
+        o, state = softmax_attention(q[..., sl, :], k[..., sl, :], v[..., sl, :], causal=True,
+                                     key_padding_mask=None if kpm is None else kpm[:, sl],
+                                     initial_state=state, output_final_state=True)
+        assert prev["k"].shape[-2] == s  # the old cache is untouched
+        outs.append(o)
+        s += n
+    assert rel_err(torch.cat(outs, -2), whole) < 1e-9
+    assert state["k"].shape == (B, H, L, d) and ("mask" in state) == padded
+
+
+def test_step_is_the_L1_call_and_cache_errors():
+    B, H, d = 2, 3, 8
+    q, k, v = qkv(B, H, 3, d)
+    state = init_kv_cache(B, H, d, dtype=torch.float64)
+    for t in range(3):
+        o_step, st_step = softmax_attention_step(q[:, :, t], k[:, :, t], v[:, :, t], state)
+        o_call, st_call = softmax_attention(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], causal=True,
+                                            initial_state=state, output_final_state=True)
+        assert torch.equal(o_step, o_call[:, :, 0])
+        assert torch.equal(st_step["k"], st_call["k"]) and torch.equal(st_step["v"], st_call["v"])
+        state = st_step
+    with pytest.raises(ValueError, match="causal=True"):
+        softmax_attention(q, k, v, initial_state=state)
+    with pytest.raises(ValueError, match="attn_mask"):
+        softmax_attention(q, k, v, causal=True, attn_mask=torch.ones(3, 6, dtype=torch.bool), initial_state=state)
+    with pytest.raises(ValueError, match=r"initial_state\['k'\]"):
+        softmax_attention(q, k, v, causal=True, initial_state={"k": state["k"][..., :4], "v": state["v"]})
+
+
+def test_cache_keeps_its_dtype_for_half_inputs():
+    state = init_kv_cache(1, 2, 4, dtype=torch.float32)
+    q, k, v = (t.to(torch.bfloat16) for t in qkv(1, 2, 5, 4, dtype=torch.float32))
+    o, st = softmax_attention(q, k, v, causal=True, initial_state=state, output_final_state=True)
+    assert o.dtype == torch.bfloat16 and st["k"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("scale", SCALES)
+def test_future_keys_never_change_past_outputs(padded, dtype, scale):
+    B, H, L, d = 2, 2, 40, 8
+    kpm = torch.ones(B, L, dtype=torch.bool) if padded else None
+    if padded:
+        kpm[1, :3] = False
+    for offset in (0.0, 30.0):
+        q, k, v = (scale * torch.randn(B, H, L, d, dtype=dtype) for _ in range(3))
+        k = k + offset
+        out = softmax_attention(q, k, v, causal=True, key_padding_mask=kpm)
+        for i in (1, 9, 23, 39):
+            k2, v2 = k.clone(), v.clone()
+            k2[:, :, i:] = scale * torch.randn_like(k2[:, :, i:]) + offset + 5 * scale
+            v2[:, :, i:] = 3 * scale * torch.randn_like(v2[:, :, i:])
+            out2 = softmax_attention(q, k2, v2, causal=True, key_padding_mask=kpm)
+            if dtype == torch.float64:
+                assert torch.equal(out2[:, :, :i], out[:, :, :i])
+            else:
+                assert rel_err(out2[:, :, :i], out[:, :, :i]) <= 1e-6
