@@ -148,6 +148,53 @@ def test_generate_cached_equals_uncached(backend):
     assert torch.equal(out, m.generate(prompt, max_new_tokens=5, use_cache=False))
 
 
+@pytest.mark.parametrize("backend", STEPPABLE)
+def test_prefill_in_pieces_then_step_equals_forward(backend):
+    m = _lm(backend, norm_first=True)
+    ids = torch.randint(0, 13, (2, 11))
+    with torch.no_grad():
+        full = m(ids)
+        a, state = m.prefill(ids[:, :4])
+        b, state = m.prefill(ids[:, 4:9], state)
+        outs = [a, b]
+        for t in range(9, 11):
+            y, state = m.step(ids[:, t], state)
+            outs.append(y[:, None])
+    assert state["t"] == 11
+    torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-9, atol=1e-10)
+
+
+def test_generate_refuses_past_a_backends_max_len_before_decoding(monkeypatch):
+    m = ea_zoo.create_model("lm_aft_local", depth=1, embed_dim=16, num_heads=2, max_len=32).eval()
+    calls = []
+    monkeypatch.setattr(m, "step", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(m, "prefill", lambda *a, **k: calls.append(1))
+    with pytest.raises(ValueError, match="exceeds max_len=32"):
+        m.generate(torch.zeros(1, 4, dtype=torch.long), 40)
+    assert calls == []
+
+
+def test_causal_ea6_prefix_unaffected_by_later_tokens_at_trained_scale():
+    """The issue's model-level check: weights x10, a forward on 64 tokens and on the first 16
+    agree on positions 0-15, and step agrees with forward."""
+    torch.manual_seed(0)
+    m = SequenceTransformer("ea6", task="lm", vocab_size=60, causal=True, embed_dim=32, depth=2, num_heads=4,
+                            max_len=64).eval()
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "qkv" in n:
+                p.mul_(10)
+        x = torch.randint(0, 60, (2, 64))
+        a, b = m(x), m(x[:, :16])
+        assert (a[:, :16] - b).abs().max().item() <= 1e-5 * a.abs().max().item()
+        state = m.init_state(2)
+        steps = []
+        for t in range(64):
+            y, state = m.step(x[:, t], state)
+            steps.append(y)
+        assert (torch.stack(steps, 1) - a).abs().max().item() <= 1e-4 * a.abs().max().item()
+
+
 def test_recurrent_state_is_constant_size_for_recurrent_backends():
     recurrent = [n for n in STEPPABLE if get_attention_cls(n).recurrent]
     assert "ea6" in recurrent and "sa" not in recurrent
