@@ -95,28 +95,28 @@ def _horner_c(coefs, x: torch.Tensor) -> torch.Tensor:
     return acc
 
 
-def _key_grads(k, v, GS, GZ):
+def _key_grads(k, v, G):
     """Per key: dv = sum_n c_n k^n GS_n, dk = sum_n c_n (n k^{n-1} - 2 k^{n+1}) (v GS_n + GZ_n).
 
-    GS, GZ (t+1, ...): the row-side sums reaching each key with its weight e^{R - k^2}
-    included (d/dk of e^{-k^2} k^n = e^{-k^2} (n k^{n-1} - 2 k^{n+1})). The derivative
-    polynomial sum_n n c_n k^{n-1} G_n is 2 sum_m c_m k^m G_{m+1}.
+    G = stack(GS, GZ) (2, t+1, ...): the row-side sums reaching each key with its weight
+    e^{R - k^2} included (d/dk of e^{-k^2} k^n = e^{-k^2} (n k^{n-1} - 2 k^{n+1})). The
+    derivative polynomial sum_n n c_n k^{n-1} G_n is 2 sum_m c_m k^m G_{m+1}. S and Z go
+    through each Horner together (one op per degree on the stacked pair).
     """
-    PS, PZ = _horner_c(GS, k), _horner_c(GZ, k)
-    if len(GS) > 1:
-        DS, DZ = 2.0 * _horner_c(GS[1:], k), 2.0 * _horner_c(GZ[1:], k)
-    else:
-        DS = DZ = torch.zeros_like(PS)
-    dk = torch.addcmul(DZ, k, PZ, value=-2.0)
-    dk = torch.addcmul(dk, v, torch.addcmul(DS, k, PS, value=-2.0))
-    return dk, PS
+    G = G.transpose(0, 1)  # (t+1, 2, ...)
+    P = _horner_c(G, k)  # (2, ...): PS, PZ
+    Dd = 2.0 * _horner_c(G[1:], k) if G.shape[0] > 1 else torch.zeros_like(P)
+    Dd.addcmul_(P, k, value=-2.0)  # D - 2 k P
+    dk = torch.addcmul(Dd[1], v, Dd[0])
+    return dk, P[0]
 
 
 def _row_q_grad(q, R, dnum, dden):
     """dq = dnum d num/dq + dden d den/dq with num = sum_n c_n q^n R[0, n] (den: R[1])."""
     if R.shape[1] == 1:
         return torch.zeros_like(q)
-    return 2.0 * (dnum * _horner_c(R[0, 1:], q) + dden * _horner_c(R[1, 1:], q))
+    D = _horner_c(R[:, 1:].transpose(0, 1), q)  # (2, ...): num'/2, den'/2
+    return torch.addcmul(dnum * D[0], dden, D[1]).mul_(2.0)
 
 
 def _q_powers_times(q, dnum, dden, order):
@@ -129,8 +129,8 @@ def _q_powers_times(q, dnum, dden, order):
 
 
 def _ratio(num, den):
-    ok = den > 0
-    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))
+    """num / den where den > 0, else 0 (a query that sees no key; 0/0 there is selected away)."""
+    return torch.where(den > 0, num / den, _zeros(num))
 
 
 def _rows_per_block(L: int, width: int, order: int, chunk: int) -> int:
@@ -154,7 +154,8 @@ class _ParallelFn(torch.autograd.Function):
         r = k2.amin(-2, keepdim=True)
         r = torch.where(torch.isfinite(r), r, torch.zeros_like(r))
         SZ = _parallel_sums(kz, vz, k2, r, order)  # (2, t+1, ..., 1, C)
-        y = _ratio(_horner_c(SZ[0], qc), _horner_c(SZ[1], qc))
+        nd = _horner_c(SZ.transpose(0, 1), qc)  # (2, ..., Lq, C): num, den
+        y = _ratio(nd[0], nd[1])
         ctx.save_for_backward(q, k, v, km, y, SZ, r)
         ctx.order = order
         return y.to(v.dtype)
@@ -178,7 +179,7 @@ class _ParallelFn(torch.autograd.Function):
             if n < t:
                 pd = pd * qc
         w = _exp_le0(r.expand_as(k2), k2)  # e^{r - k^2}
-        dk, dv = _key_grads(kz, vz, G[0], G[1])
+        dk, dv = _key_grads(kz, vz, G)
         dk, dv = dk * w, dv * w
         if km is not None:
             zero = _zeros(dk)
@@ -219,9 +220,12 @@ def _pad_rows(x, pad, value=0.0):
 
 
 class _Block:
-    """One block of rows (padded to N chunks of C) continuing from a state; everything the
-    forward and the backward recompute. Shapes: chunked tensors (..., N, C, D); per-chunk
-    scales (..., N, 1, D); stacked sums (2, t+1, ..., N, {1|C}, D) (S over v, Z without).
+    """One block of rows continuing from a state: everything the forward and the backward
+    recompute. Layout "chunk-position major": the block's rows, padded to N chunks of C, are
+    laid out as (C, ..., N, D) (row c of every chunk together), so the prefix sums inside the
+    chunks are C - 1 contiguous adds (torch's cumsum along a strided dim is ~10x slower).
+    Per-chunk scales are (1, ..., N, D); stacked sums (2, t+1, C, ..., N, D) (S over v, Z
+    without); states (2, t+1, ..., D).
 
     Scales (all depend on the past only): r = running min at the chunk's first row (the scale
     the carried state is rescaled to, e^{r - rho_prev} <= 1; +inf before the first key),
@@ -237,53 +241,55 @@ class _Block:
         L = qc.shape[-2]
         self.L, self.pad = L, (-L) % C
         kz, vz, k2 = _masked(kc, vc, km)
-        q, kz, vz = _pad_rows(qc, self.pad), _pad_rows(kz, self.pad), _pad_rows(vz, self.pad)
-        k2 = _pad_rows(k2, self.pad, float("inf"))
-        *lead, Lp, D = q.shape
-        N = Lp // C
+        k2 = _pad_rows(k2, self.pad, float("inf"))  # padded rows: no key, the running min carries on
+        m = torch.minimum(torch.cummin(k2, dim=-2).values, ref.unsqueeze(-2))
+        *lead, _, D = qc.shape
+        N = (L + self.pad) // C
         self.lead, self.N, self.C, self.D, self.order = lead, N, C, D, order
-        view = lambda t: t.view(*lead, N, C, D)  # noqa: E731
-        self.q, self.k, self.v, self.k2 = view(q), view(kz), view(vz), view(k2)
-        self.m = view(torch.minimum(torch.cummin(k2, dim=-2).values, ref.unsqueeze(-2)))
-        self.r = self.m[..., :1, :]  # the chunk's scale: m at its first row (known to every row of it)
-        self.rho = self.m[..., -1:, :]
-        prev = torch.cat([ref[..., None, None, :], self.rho[..., :-1, :, :]], dim=-3)  # scale of the arriving state
-        self.enter = _exp_le0(self.r, prev)  # e^{r - rho_prev} <= 1 (0: empty state)
-        self.leave = _exp_le0(self.rho, self.r)  # e^{rho - r} <= 1
+
+        def cm(t):  # (..., L, D) -> (C, ..., N, D), zero padded
+            return _pad_rows(t, (N * C) - t.shape[-2]).view(*lead, N, C, D).movedim(-2, 0).contiguous()
+
+        self.q, self.k, self.v, self.k2, self.m = cm(qc), cm(kz), cm(vz), cm(k2), cm(m)
+        self.r = self.m[:1]  # the chunk's scale: m at its first row (known to every row of it)
+        self.rho = self.m[-1:]
+        prev = torch.cat([ref[None, ..., None, :], self.rho[..., :-1, :]], dim=-2)  # scale of the arriving state
+        self.enter = _exp_le0(self.r, prev)[0]  # e^{r - rho_prev} <= 1 (0: empty state), (..., N, D)
+        self.leave = _exp_le0(self.rho, self.r)[0]  # e^{rho - r} <= 1
         fin_r = torch.isfinite(self.r)
         near = fin_r & (self.k2 >= self.r - tau)
-        self.beta = torch.where(near, torch.exp(torch.where(near, self.r - self.k2, _zeros(q))), _zeros(q))
+        self.beta = torch.where(near, torch.exp(torch.where(near, self.r - self.k2, _zeros(self.q))), _zeros(self.q))
         self.unsafe_row = torch.isfinite(self.m) & ~(fin_r & (self.m >= self.r - tau))
-        self.unsafe_blk = self.unsafe_row[..., -1, :]  # m only falls: the last row is the worst
-        # X[0, n] = beta k^n v, X[1, n] = beta k^n
-        X = torch.empty((2, order + 1) + self.q.shape, dtype=q.dtype, device=q.device)
+        unsafe_blk = self.unsafe_row[-1]  # (..., N, D); m only falls: the last row is the worst
+        # X[0, n] = beta k^n v, X[1, n] = beta k^n: (2, T1, C, ..., N, D)
+        X = torch.empty((2, order + 1) + self.q.shape, dtype=self.q.dtype, device=self.q.device)
         torch.mul(self.beta, self.v, out=X[0, 0])
         X[1, 0] = self.beta
         for n in range(1, order + 1):
             torch.mul(X[:, n - 1], self.k, out=X[:, n])
-        tot = X.sum(-2, keepdim=True).mul_(self.leave)  # chunk sums at scale rho (exact for safe chunks)
+        tot = X.sum(2).mul_(self.leave)  # chunk sums at scale rho (exact for safe chunks), (2, T1, ..., N, D)
         self.idx = None
-        if bool(self.unsafe_blk.any()):
-            self.idx = self.unsafe_blk.nonzero(as_tuple=True)
-            self.pos = self.idx[:-1] + (slice(None),) + self.idx[-1:]
-            g = lambda t: t[self.pos]  # noqa: E731  (U, C)
+        if bool(unsafe_blk.any()):
+            self.idx = unsafe_blk.nonzero(as_tuple=True)
+            self.cidx = (slice(None),) + self.idx  # rows of the unsafe chunks: (C, U)
+            g = lambda t: t[self.cidx].T  # noqa: E731  (U, C)
             self.gq, self.gk, self.gv, self.gk2, self.gm = g(self.q), g(self.k), g(self.v), g(self.k2), g(self.m)
-            self.grho = self.rho[..., 0, :][self.idx]  # (U,)
-            self.gr = self.r[..., 0, :][self.idx]
-            tot[(slice(None), slice(None)) + self.pos[:-2] + (slice(None),) + self.pos[-1:]] = \
-                _chunk_totals(self.gk, self.gv, self.gk2, self.grho, order).permute(2, 0, 1)[..., None]
+            self.grho, self.gr = self.rho[0][self.idx], self.r[0][self.idx]  # (U,)
+            tot[(slice(None), slice(None)) + self.idx] = _chunk_totals(self.gk, self.gv, self.gk2, self.grho, order)
         St = torch.empty_like(tot)
-        cur = state  # scale: the running min before the chunk
+        cur = state  # (2, T1, ..., D), scale: the running min before the chunk
         for c in range(N):  # carried state at each chunk's start, rescaled to r_c
-            torch.mul(cur, self.enter[..., c:c + 1, :, :], out=St[..., c:c + 1, :, :])
-            cur = torch.addcmul(tot[..., c:c + 1, :, :], St[..., c:c + 1, :, :], self.leave[..., c:c + 1, :, :])
-        self.St, self.final, self.ref_out = St, cur, self.rho[..., -1, 0, :]
+            torch.mul(cur, self.enter[..., c, :], out=St[..., c, :])
+            cur = torch.addcmul(tot[..., c, :], St[..., c, :], self.leave[..., c, :])
+        self.final, self.ref_out = cur, self.rho[0, ..., -1, :]
         if self.idx is not None:
-            self.gSt = St[(slice(None), slice(None)) + self.idx[:-1] + (slice(None),) + self.idx[-1:]][..., 0]
-            self.gSt = self.gSt.permute(1, 2, 0)  # (2, T1, U)
+            self.gSt = St[(slice(None), slice(None)) + self.idx]  # (2, T1, U)
         # row sums of safe rows: the carried state plus the chunk's prefix sums, scale r
-        X[..., :1, :] += St
-        self.R = X.cumsum_(dim=-2)
+        rows = X.unbind(2)
+        rows[0].add_(St)
+        for c in range(1, C):
+            rows[c].add_(rows[c - 1])
+        self.R = X
 
     def fallback(self, q=None, k=None, v=None):
         """Exact num, den (U, C) of the unsafe chunks' rows at each row's own scale m."""
@@ -294,7 +300,12 @@ class _Block:
         return _pairwise(q, k, v, k2, self.gm, self.order, self.gSt, self.gr)
 
     def unpad(self, x):
-        return x.reshape(*self.lead, self.N * self.C, self.D)[..., :self.L, :]
+        """(C, ..., N, D) -> (..., L, D)."""
+        return x.movedim(0, -2).reshape(*self.lead, self.N * self.C, self.D)[..., :self.L, :]
+
+    def chunked(self, x):
+        """(..., L, D) -> (C, ..., N, D) (zero padded)."""
+        return _pad_rows(x, self.pad).view(*self.lead, self.N, self.C, self.D).movedim(-2, 0)
 
 
 def _chunk_totals(k, v, k2, rho, order):
@@ -341,10 +352,11 @@ class _ChunkFn(torch.autograd.Function):
             sl = (Ellipsis, slice(b0, min(L, b0 + rows)), slice(None))
             starts.append((state, ref))
             blk = _Block(qc[sl], kc[sl], vc[sl], None if km is None else km[sl], state, ref, order, chunk, tau)
-            y = _ratio(_horner_c(blk.R[0], blk.q), _horner_c(blk.R[1], blk.q))
+            nd = _horner_c(blk.R.transpose(0, 1), blk.q)
+            y = _ratio(nd[0], nd[1])
             if blk.idx is not None:
                 nb, db = blk.fallback()
-                y[blk.pos] = torch.where(blk.unsafe_row[blk.pos], _ratio(nb, db), y[blk.pos])
+                y[blk.cidx] = torch.where(blk.unsafe_row[blk.cidx], _ratio(nb, db).T, y[blk.cidx])
             ys.append(blk.unpad(y))
             state, ref = blk.final, blk.ref_out
             del blk
@@ -376,64 +388,62 @@ class _ChunkFn(torch.autograd.Function):
 
 def _backward_block(blk, y, g, G_after, dq_out, dk_out, dv_out, km):
     """Gradients of one block (written into dq/dk/dv_out); returns the suffix state
-    (2, T1, ..., 1, 1, D) for the block before, at the scale of its last row.
+    (2, T1, ..., D) for the block before, at the scale of its last row.
 
     Row scale R_i: r_c (safe rows) or m_i (unsafe rows), consistently with the forward:
     dnum_i = g_i / den_i(R_i), dden_i = -dnum_i y_i, and key j receives
     GS_{n,j} = sum_{i >= j} q_i^n dnum_i e^{R_i - k_j^2} (GZ with dden; the c_n go to
     :func:`_key_grads`): from safe rows of its chunk beta_j * (reverse prefix sum), from later
     chunks e^{rho_c - k_j^2} * G_c with the suffix state G_c at scale rho_c, from unsafe rows
-    of its chunk through autograd on the exact pairwise form. The reverse prefix sums run on
-    row-flipped tensors (a forward cumsum), flipped back once at the end.
+    of its chunk through autograd on the exact pairwise form.
     """
-    order = blk.order
-    yv = _pad_rows(y, blk.pad).view_as(blk.q)
-    gv = _pad_rows(g, blk.pad).view_as(blk.q)
+    order, C = blk.order, blk.C
+    yv, gv = blk.chunked(y), blk.chunked(g)
     R = blk.R
     den = _horner_c(R[1], blk.q)
     unsafe = blk.idx is not None
     if unsafe:
         with torch.no_grad():
             _, db = blk.fallback()
-        den[blk.pos] = torch.where(blk.unsafe_row[blk.pos], db, den[blk.pos])
+        den[blk.cidx] = torch.where(blk.unsafe_row[blk.cidx], db.T, den[blk.cidx])
     dnum = _ratio(gv, den)
     dden = -dnum * yv
     dq = _row_q_grad(blk.q, R, dnum, dden)
     del R, blk.R
-    if unsafe:
+    RS = _q_powers_times(blk.q, dnum, dden, order)  # (2, T1, C, ..., N, D)
+    if unsafe:  # rows' share for earlier chunks at their chunk's scale r: 1 (safe) or e^{m - r}
         safe = ~blk.unsafe_row
         dq = torch.where(safe, dq, _zeros(dq))
-    flip = lambda t: t.flip(-2)  # noqa: E731
-    RS = _q_powers_times(flip(blk.q), flip(dnum), flip(dden), order)  # (2, T1, ..., N, C, D), rows reversed
-    if unsafe:  # rows' share for earlier chunks at their chunk's scale r: 1 (safe) or e^{m - r}
         wrow = torch.where(safe, torch.ones_like(blk.m), _exp_le0(blk.m, blk.r.expand_as(blk.m)))
-        loc = (RS * flip(wrow)).sum(-2, keepdim=True)
-        RS = torch.where(flip(safe), RS, _zeros(RS))
+        loc = (RS * wrow).sum(2)
+        RS = torch.where(safe, RS, _zeros(RS))
     else:
-        loc = RS.sum(-2, keepdim=True)  # (2, T1, ..., N, 1, D)
+        loc = RS.sum(2)  # (2, T1, ..., N, D)
     Gc = torch.empty_like(loc)
-    cur = torch.zeros_like(loc[..., :1, :, :]) if G_after is None else G_after
+    cur = torch.zeros_like(loc[..., 0, :]) if G_after is None else G_after
     for c in range(blk.N - 1, -1, -1):  # G_c at scale rho_c; the result at the block's start scale
-        Gc[..., c:c + 1, :, :] = cur
-        cur = blk.enter[..., c:c + 1, :, :] * torch.addcmul(loc[..., c:c + 1, :, :], cur, blk.leave[..., c:c + 1, :, :])
-    RS.cumsum_(dim=-2)  # reverse prefix sums over the safe rows of each chunk
-    RS.mul_(flip(blk.beta))
-    RS.addcmul_(Gc, flip(_exp_le0(blk.rho.expand_as(blk.k2), blk.k2)))  # later chunks, e^{rho - k^2} <= 1
-    dk, dv = _key_grads(flip(blk.k), flip(blk.v), RS[0], RS[1])
+        Gc[..., c, :] = cur
+        cur = blk.enter[..., c, :] * torch.addcmul(loc[..., c, :], cur, blk.leave[..., c, :])
+    rows = RS.unbind(2)
+    for c in range(C - 2, -1, -1):  # reverse prefix sums over the safe rows of each chunk
+        rows[c].add_(rows[c + 1])
+    RS.mul_(blk.beta)
+    RS.addcmul_(Gc.unsqueeze(2), _exp_le0(blk.rho.expand_as(blk.k2), blk.k2))  # later chunks, e^{rho - k^2} <= 1
+    dk, dv = _key_grads(blk.k, blk.v, RS)
     del RS
-    dk, dv = flip(dk), flip(dv)
     if unsafe:
-        sel = blk.unsafe_row[blk.pos]
+        sel = blk.unsafe_row[blk.cidx].T
         zero = _zeros(dnum)
         with torch.enable_grad():
             lq, lk, lv = (t.detach().requires_grad_(True) for t in (blk.gq, blk.gk, blk.gv))
             nb_, db_ = blk.fallback(lq, lk, lv)
-            grads = torch.autograd.grad((nb_, db_), (lq, lk, lv),
-                                        (torch.where(sel, dnum[blk.pos], zero), torch.where(sel, dden[blk.pos], zero)),
-                                        allow_unused=True)
+            grads = torch.autograd.grad(
+                (nb_, db_), (lq, lk, lv),
+                (torch.where(sel, dnum[blk.cidx].T, zero), torch.where(sel, dden[blk.cidx].T, zero)),
+                allow_unused=True)
         for out, gr in zip((dq, dk, dv), grads):
             if gr is not None:
-                out[blk.pos] = out[blk.pos] + gr
+                out[blk.cidx] = out[blk.cidx] + gr.T
     dq_out.copy_(blk.unpad(dq))
     dk_full, dv_full = blk.unpad(dk), blk.unpad(dv)
     if km is not None:
@@ -465,10 +475,10 @@ def ea_series_chunk(
     D = q.shape[-1]
     T1 = order + 1
     if initial_state is None:
-        s0 = torch.zeros((2, T1, *lead, 1, 1, D), dtype=cd, device=q.device)
+        s0 = torch.zeros((2, T1, *lead, D), dtype=cd, device=q.device)
         ref0 = torch.full((*lead, D), float("inf"), dtype=cd, device=q.device)
     else:
-        s0 = torch.stack([initial_state["s"], initial_state["z"]]).to(cd)[..., None, None, :].detach()
+        s0 = torch.stack([initial_state["s"], initial_state["z"]]).to(cd).detach()
         ref0 = initial_state["ref"].to(cd).detach()
     km = None
     if key_padding_mask is not None:
@@ -482,4 +492,4 @@ def ea_series_chunk(
     if not output_final_state:
         return y
     sz, ref = final
-    return y, {"s": sz[0, ..., 0, 0, :], "z": sz[1, ..., 0, 0, :], "ref": ref}
+    return y, {"s": sz[0], "z": sz[1], "ref": ref}
