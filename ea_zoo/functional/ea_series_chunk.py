@@ -143,19 +143,41 @@ def _rows_per_block(L: int, width: int, order: int, chunk: int) -> int:
 # ============================================================================ non-causal
 
 
+# rows per block of the non-causal path: ~this many elements per (rows, D) tensor (fits L2)
+_PARALLEL_BLOCK_ELEMENTS = 1 << 17
+
+
+def _row_blocks(L: int, width: int):
+    rows = max(1, _PARALLEL_BLOCK_ELEMENTS // max(1, width))
+    return [(s, min(L, s + rows)) for s in range(0, L, rows)]
+
+
 class _ParallelFn(torch.autograd.Function):
-    """Non-causal EA-series (eq. 5) with a global per-channel scale; see module docstring."""
+    """Non-causal EA-series (eq. 5) with a global per-channel scale; see module docstring.
+
+    Works on blocks of rows (keys, then queries) small enough to stay in cache; nothing but
+    q, k, v, y and the (2, t+1, ..., D) sums is saved for the backward."""
 
     @staticmethod
     def forward(ctx, q, k, v, km, order):
         cd = _cd(q)
         qc, kc, vc = q.to(cd), k.to(cd), v.to(cd)
-        kz, vz, k2 = _masked(kc, vc, km)
-        r = k2.amin(-2, keepdim=True)
-        r = torch.where(torch.isfinite(r), r, torch.zeros_like(r))
-        SZ = _parallel_sums(kz, vz, k2, r, order)  # (2, t+1, ..., 1, C)
-        nd = _horner_c(SZ.transpose(0, 1), qc)  # (2, ..., Lq, C): num, den
-        y = _ratio(nd[0], nd[1])
+        width = int(math.prod(qc.shape[:-2])) * qc.shape[-1]
+        k2_all = k * k if km is None else torch.where(km, kc * kc, torch.full((), float("inf"), dtype=cd))
+        r = k2_all.amin(-2, keepdim=True)
+        r = torch.where(torch.isfinite(r), r, torch.zeros_like(r)).to(cd)
+        del k2_all
+        SZ = None
+        for a, b in _row_blocks(kc.shape[-2], width):
+            sl = (Ellipsis, slice(a, b), slice(None))
+            kz, vz, k2 = _masked(kc[sl], vc[sl], None if km is None else km[sl])
+            part = _parallel_sums(kz, vz, k2, r, order)
+            SZ = part if SZ is None else SZ.add_(part)
+        y = torch.empty(qc.shape, dtype=cd, device=qc.device)
+        coef = SZ.transpose(0, 1)
+        for a, b in _row_blocks(qc.shape[-2], width):
+            nd = _horner_c(coef, qc[..., a:b, :])  # (2, ..., rows, C): num, den
+            y[..., a:b, :] = _ratio(nd[0], nd[1])
         ctx.save_for_backward(q, k, v, km, y, SZ, r)
         ctx.order = order
         return y.to(v.dtype)
@@ -166,30 +188,34 @@ class _ParallelFn(torch.autograd.Function):
         q, k, v, km, y, SZ, r = ctx.saved_tensors
         t = ctx.order
         cd = _cd(q)
-        qc, kc, vc = q.to(cd), k.to(cd), v.to(cd)
-        kz, vz, k2 = _masked(kc, vc, km)
-        dnum = _ratio(g.to(cd), _horner_c(SZ[1], qc))
-        dden = -dnum * y
-        dq = _row_q_grad(qc, SZ, dnum, dden)
-        # G_n = sum_i q_i^n dnum_i (and dden): one pass per degree, summed over the queries
-        G = torch.empty((2, t + 1) + SZ.shape[2:], dtype=cd, device=q.device)
-        pd = torch.stack([dnum, dden])
-        for n in range(t + 1):
-            G[:, n] = pd.sum(-2, keepdim=True)
-            if n < t:
-                pd = pd * qc
-        w = _exp_le0(r.expand_as(k2), k2)  # e^{r - k^2}
-        dk, dv = _key_grads(kz, vz, G)
-        dk, dv = dk * w, dv * w
-        if km is not None:
-            zero = _zeros(dk)
-            dk, dv = torch.where(km, dk, zero), torch.where(km, dv, zero)
+        qc, kc, vc, g = q.to(cd), k.to(cd), v.to(cd), g.to(cd)
+        width = int(math.prod(qc.shape[:-2])) * qc.shape[-1]
+        dq = torch.empty_like(qc)
+        # G_n = sum_i q_i^n dnum_i (and dden), accumulated over query blocks
+        G = torch.zeros((2, t + 1) + SZ.shape[2:], dtype=cd, device=q.device)
+        for a, b in _row_blocks(qc.shape[-2], width):
+            qb = qc[..., a:b, :]
+            dnum = _ratio(g[..., a:b, :], _horner_c(SZ[1], qb))
+            dden = -dnum * y[..., a:b, :]
+            dq[..., a:b, :] = _row_q_grad(qb, SZ, dnum, dden)
+            pd = torch.stack([dnum, dden])
+            for n in range(t + 1):
+                G[:, n] += pd.sum(-2, keepdim=True)
+                if n < t:
+                    pd = pd * qb
+        dk, dv = torch.empty_like(kc), torch.empty_like(vc)
+        for a, b in _row_blocks(kc.shape[-2], width):
+            sl = (Ellipsis, slice(a, b), slice(None))
+            kz, vz, k2 = _masked(kc[sl], vc[sl], None if km is None else km[sl])
+            w = torch.exp(r - k2)  # e^{r - k^2} <= 1 (0 at padded keys)
+            dkb, dvb = _key_grads(kz, vz, G)
+            dk[sl], dv[sl] = dkb * w, dvb * w
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None
 
 
 def _parallel_sums(kz, vz, k2, r, order):
     """(2, t+1, ..., 1, C): S_n = sum_j e^{r - k_j^2} k_j^n v_j and Z_n (keys reduced)."""
-    a = _exp_le0(r.expand_as(k2), k2)
+    a = torch.exp(r - k2)  # r finite, k^2 >= r (+inf at padded keys -> 0)
     av = torch.stack([a * vz, a])
     out = torch.empty((2, order + 1) + r.shape, dtype=kz.dtype, device=kz.device)
     for n in range(order + 1):
