@@ -153,6 +153,21 @@ def _suffix_apply_forward(k: torch.Tensor, h: torch.Tensor, lden: torch.Tensor) 
     return torch.exp(hi) - torch.exp(lo)
 
 
+def _prefix_avg(k: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """P(k, u) through :class:`_PrefixAvg`; under ``torch.jit`` tracing (fvcore's FLOP count)
+    the plain forward ops instead, so every op is seen and counted."""
+    if torch.jit.is_tracing():
+        return _prefix_avg_forward(k, u)[0]
+    return _PrefixAvg.apply(k, u)
+
+
+def _log_cumsumexp(x: torch.Tensor) -> torch.Tensor:
+    """logcumsumexp along -2 through :class:`_LogCumSumExp` (plain ops when tracing)."""
+    if torch.jit.is_tracing():
+        return _lcse(x)
+    return _LogCumSumExp.apply(x)
+
+
 class _PrefixAvg(torch.autograd.Function):
     """P(k, u) with a backward written in P and T (differentiable to any order)."""
 
@@ -249,7 +264,7 @@ def _ratio_simple_causal(k: torch.Tensor, v: torch.Tensor, sums: Optional[Sums])
     if sums is not None:
         lw, u = _virtual_key(sums)
         k, v = torch.cat([lw, k], dim=-2), torch.cat([u, v], dim=-2)
-    r = _PrefixAvg.apply(k - _causal_shift(k), v)
+    r = _prefix_avg(k - _causal_shift(k), v)
     return r[..., 1:, :] if sums is not None else r
 
 
@@ -537,8 +552,8 @@ def aft_local(
         Kp, Vp = torch.cat([lw, K], dim=-2), torch.cat([u, V], dim=-2)
         c = _causal_shift(Kp)
         Kp = Kp - c
-        lden = _LogCumSumExp.apply(Kp)
-        r = _PrefixAvg.apply(Kp, Vp)
+        lden = _log_cumsumexp(Kp)
+        r = _prefix_avg(Kp, Vp)
         idx = (torch.arange(L, device=q.device) + (T - window + 1)).clamp_min(0)
         lp, rp = lden.index_select(-2, idx), r.index_select(-2, idx)
         # the band: K[..., i + T - We + 1 : i + T + 1] with biases band_bias[t + i, window - We:]

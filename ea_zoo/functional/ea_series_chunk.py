@@ -152,6 +152,30 @@ def _row_blocks(L: int, width: int):
     return [(s, min(L, s + rows)) for s in range(0, L, rows)]
 
 
+def _parallel_forward(q, k, v, km, order):
+    """y (accumulation dtype), the sums SZ (2, t+1, ..., 1, C) and the scale r (..., 1, C)."""
+    cd = _cd(q)
+    qc, kc, vc = q.to(cd), k.to(cd), v.to(cd)
+    width = int(math.prod(qc.shape[:-2])) * qc.shape[-1]
+    k2_all = kc * kc if km is None else torch.where(km, kc * kc, torch.full((), float("inf"), dtype=cd))
+    r = k2_all.amin(-2, keepdim=True)
+    r = torch.where(torch.isfinite(r), r, torch.zeros_like(r))
+    del k2_all
+    SZ = None
+    for a, b in _row_blocks(kc.shape[-2], width):
+        sl = (Ellipsis, slice(a, b), slice(None))
+        kz, vz, k2 = _masked(kc[sl], vc[sl], None if km is None else km[sl])
+        part = _parallel_sums(kz, vz, k2, r, order)
+        SZ = part if SZ is None else SZ + part
+    ys = []
+    coef = SZ.transpose(0, 1)
+    for a, b in _row_blocks(qc.shape[-2], width):
+        nd = _horner_c(coef, qc[..., a:b, :])  # (2, ..., rows, C): num, den
+        ys.append(_ratio(nd[0], nd[1]))
+    y = torch.cat(ys, dim=-2) if len(ys) > 1 else ys[0]
+    return y, SZ, r
+
+
 class _ParallelFn(torch.autograd.Function):
     """Non-causal EA-series (eq. 5) with a global per-channel scale; see module docstring.
 
@@ -160,24 +184,7 @@ class _ParallelFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, km, order):
-        cd = _cd(q)
-        qc, kc, vc = q.to(cd), k.to(cd), v.to(cd)
-        width = int(math.prod(qc.shape[:-2])) * qc.shape[-1]
-        k2_all = k * k if km is None else torch.where(km, kc * kc, torch.full((), float("inf"), dtype=cd))
-        r = k2_all.amin(-2, keepdim=True)
-        r = torch.where(torch.isfinite(r), r, torch.zeros_like(r)).to(cd)
-        del k2_all
-        SZ = None
-        for a, b in _row_blocks(kc.shape[-2], width):
-            sl = (Ellipsis, slice(a, b), slice(None))
-            kz, vz, k2 = _masked(kc[sl], vc[sl], None if km is None else km[sl])
-            part = _parallel_sums(kz, vz, k2, r, order)
-            SZ = part if SZ is None else SZ.add_(part)
-        y = torch.empty(qc.shape, dtype=cd, device=qc.device)
-        coef = SZ.transpose(0, 1)
-        for a, b in _row_blocks(qc.shape[-2], width):
-            nd = _horner_c(coef, qc[..., a:b, :])  # (2, ..., rows, C): num, den
-            y[..., a:b, :] = _ratio(nd[0], nd[1])
+        y, SZ, r = _parallel_forward(q, k, v, km, order)
         ctx.save_for_backward(q, k, v, km, y, SZ, r)
         ctx.order = order
         return y.to(v.dtype)
@@ -233,6 +240,8 @@ def ea_series_parallel(q, k, v, order: int, key_padding_mask: Optional[torch.Ten
     km = None
     if key_padding_mask is not None:
         km = key_padding_mask.to(k.device, torch.bool).view(k.shape[0], *([1] * (k.dim() - 3)), k.shape[-2], 1)
+    if torch.jit.is_tracing():  # fvcore's FLOP count: trace the plain forward ops
+        return _parallel_forward(q, k, v, km, int(order))[0].to(v.dtype)
     return _ParallelFn.apply(q, k, v, km, int(order))
 
 
@@ -263,7 +272,9 @@ class _Block:
     them) come from :func:`_pairwise`.
     """
 
-    def __init__(self, qc, kc, vc, km, state, ref, order, C, tau):
+    def __init__(self, qc, kc, vc, km, state, ref, order, C, tau, St=None):
+        """``St``: the chunk-start states the forward computed (the backward passes them back,
+        skipping the chunk sums and the loop over chunks)."""
         L = qc.shape[-2]
         self.L, self.pad = L, (-L) % C
         kz, vz, k2 = _masked(kc, vc, km)
@@ -293,7 +304,6 @@ class _Block:
         X[1, 0] = self.beta
         for n in range(1, order + 1):
             torch.mul(X[:, n - 1], self.k, out=X[:, n])
-        tot = X.sum(2).mul_(self.leave)  # chunk sums at scale rho (exact for safe chunks), (2, T1, ..., N, D)
         self.idx = None
         if bool(unsafe_blk.any()):
             self.idx = unsafe_blk.nonzero(as_tuple=True)
@@ -301,12 +311,18 @@ class _Block:
             g = lambda t: t[self.cidx].T  # noqa: E731  (U, C)
             self.gq, self.gk, self.gv, self.gk2, self.gm = g(self.q), g(self.k), g(self.v), g(self.k2), g(self.m)
             self.grho, self.gr = self.rho[0][self.idx], self.r[0][self.idx]  # (U,)
-            tot[(slice(None), slice(None)) + self.idx] = _chunk_totals(self.gk, self.gv, self.gk2, self.grho, order)
-        St = torch.empty_like(tot)
-        cur = state  # (2, T1, ..., D), scale: the running min before the chunk
-        for c in range(N):  # carried state at each chunk's start, rescaled to r_c
-            torch.mul(cur, self.enter[..., c, :], out=St[..., c, :])
-            cur = torch.addcmul(tot[..., c, :], St[..., c, :], self.leave[..., c, :])
+        cur = None
+        if St is None:
+            tot = X.sum(2).mul_(self.leave)  # chunk sums at scale rho (exact for safe chunks), (2, T1, ..., N, D)
+            if self.idx is not None:
+                tot[(slice(None), slice(None)) + self.idx] = _chunk_totals(self.gk, self.gv, self.gk2, self.grho, order)
+            St = torch.empty_like(tot)
+            cur = state  # (2, T1, ..., D), scale: the running min before the chunk
+            for c in range(N):  # carried state at each chunk's start, rescaled to r_c
+                torch.mul(cur, self.enter[..., c, :], out=St[..., c, :])
+                cur = torch.addcmul(tot[..., c, :], St[..., c, :], self.leave[..., c, :])
+            del tot
+        self.St = St
         self.final, self.ref_out = cur, self.rho[0, ..., -1, :]
         if self.idx is not None:
             self.gSt = St[(slice(None), slice(None)) + self.idx]  # (2, T1, U)
@@ -362,31 +378,39 @@ def _pairwise(q, k, v, k2, m, order, St, r):
     return num + dec * _horner_c(St[0][..., None], q), den + dec * _horner_c(St[1][..., None], q)
 
 
+def _chunk_forward(q, k, v, km, s0, ref0, order, chunk):
+    """The causal forward on blocks of rows: y (in the accumulation dtype), the final state
+    and scale, and each block's (chunk-start states, start scale) for the backward."""
+    cd = _cd(q)
+    qc, kc, vc = q.to(cd), k.to(cd), v.to(cd)
+    *lead, L, D = qc.shape
+    tau = _TAU[cd]
+    rows = _rows_per_block(L, int(math.prod(lead)) * D, order, chunk)
+    state, ref = s0.to(cd), ref0.to(cd)
+    ys, starts = [], []
+    for b0 in range(0, L, rows):
+        sl = (Ellipsis, slice(b0, min(L, b0 + rows)), slice(None))
+        blk = _Block(qc[sl], kc[sl], vc[sl], None if km is None else km[sl], state, ref, order, chunk, tau)
+        starts.append((blk.St, ref))
+        nd = _horner_c(blk.R.transpose(0, 1), blk.q)
+        y = _ratio(nd[0], nd[1])
+        if blk.idx is not None:
+            nb, db = blk.fallback()
+            y[blk.cidx] = torch.where(blk.unsafe_row[blk.cidx], _ratio(nb, db).T, y[blk.cidx])
+        ys.append(blk.unpad(y))
+        state, ref = blk.final, blk.ref_out
+        del blk
+    y = torch.cat(ys, dim=-2) if len(ys) > 1 else ys[0]
+    return y, state, ref, starts, rows
+
+
 class _ChunkFn(torch.autograd.Function):
     """Causal EA-series (eq. 6), prefix-stabilised chunked scan; see the module docstring."""
 
     @staticmethod
     def forward(ctx, q, k, v, km, s0, ref0, order, chunk):
-        cd = _cd(q)
-        qc, kc, vc = q.to(cd), k.to(cd), v.to(cd)
-        *lead, L, D = qc.shape
-        tau = _TAU[cd]
-        rows = _rows_per_block(L, int(math.prod(lead)) * D, order, chunk)
-        state, ref = s0.to(cd), ref0.to(cd)
-        ys, starts = [], []
-        for b0 in range(0, L, rows):
-            sl = (Ellipsis, slice(b0, min(L, b0 + rows)), slice(None))
-            starts.append((state, ref))
-            blk = _Block(qc[sl], kc[sl], vc[sl], None if km is None else km[sl], state, ref, order, chunk, tau)
-            nd = _horner_c(blk.R.transpose(0, 1), blk.q)
-            y = _ratio(nd[0], nd[1])
-            if blk.idx is not None:
-                nb, db = blk.fallback()
-                y[blk.cidx] = torch.where(blk.unsafe_row[blk.cidx], _ratio(nb, db).T, y[blk.cidx])
-            ys.append(blk.unpad(y))
-            state, ref = blk.final, blk.ref_out
-            del blk
-        y = torch.cat(ys, dim=-2) if len(ys) > 1 else ys[0]
+        y, state, ref, starts, rows = _chunk_forward(q, k, v, km, s0, ref0, order, chunk)
+        # saved: q, k, v, y and per block its chunk-start states (2, t+1, ..., L / C, D)
         ctx.save_for_backward(q, k, v, km, y, *[s for s, _ in starts], *[r for _, r in starts])
         ctx.meta = (order, chunk, rows, len(starts))
         ctx.mark_non_differentiable(state, ref)
@@ -405,8 +429,8 @@ class _ChunkFn(torch.autograd.Function):
         G = None  # suffix state of the later blocks, at the scale of this block's last row
         for bi in range(nb - 1, -1, -1):
             sl = (Ellipsis, slice(bi * rows, min(L, bi * rows + rows)), slice(None))
-            blk = _Block(qc[sl], kc[sl], vc[sl], None if km is None else km[sl], st[bi], st[nb + bi],
-                         order, chunk, tau)
+            blk = _Block(qc[sl], kc[sl], vc[sl], None if km is None else km[sl], None, st[nb + bi],
+                         order, chunk, tau, St=st[bi])
             G = _backward_block(blk, y[sl], g[sl], G, dq[sl], dk[sl], dv[sl], None if km is None else km[sl])
             del blk
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None
@@ -437,22 +461,22 @@ def _backward_block(blk, y, g, G_after, dq_out, dk_out, dv_out, km):
     dq = _row_q_grad(blk.q, R, dnum, dden)
     del R, blk.R
     RS = _q_powers_times(blk.q, dnum, dden, order)  # (2, T1, C, ..., N, D)
+    rows = RS.unbind(2)
     if unsafe:  # rows' share for earlier chunks at their chunk's scale r: 1 (safe) or e^{m - r}
         safe = ~blk.unsafe_row
         dq = torch.where(safe, dq, _zeros(dq))
         wrow = torch.where(safe, torch.ones_like(blk.m), _exp_le0(blk.m, blk.r.expand_as(blk.m)))
         loc = (RS * wrow).sum(2)
-        RS = torch.where(safe, RS, _zeros(RS))
-    else:
-        loc = RS.sum(2)  # (2, T1, ..., N, D)
+        RS.masked_fill_(~safe, 0.0)
+    for c in range(C - 2, -1, -1):  # reverse prefix sums over the safe rows of each chunk
+        rows[c].add_(rows[c + 1])
+    if not unsafe:
+        loc = rows[0].clone()  # every row safe: the chunk's sum is the reverse scan's first row
     Gc = torch.empty_like(loc)
     cur = torch.zeros_like(loc[..., 0, :]) if G_after is None else G_after
     for c in range(blk.N - 1, -1, -1):  # G_c at scale rho_c; the result at the block's start scale
         Gc[..., c, :] = cur
         cur = blk.enter[..., c, :] * torch.addcmul(loc[..., c, :], cur, blk.leave[..., c, :])
-    rows = RS.unbind(2)
-    for c in range(C - 2, -1, -1):  # reverse prefix sums over the safe rows of each chunk
-        rows[c].add_(rows[c + 1])
     RS.mul_(blk.beta)
     RS.addcmul_(Gc.unsqueeze(2), _exp_le0(blk.rho.expand_as(blk.k2), blk.k2))  # later chunks, e^{rho - k^2} <= 1
     dk, dv = _key_grads(blk.k, blk.v, RS)
@@ -513,7 +537,11 @@ def ea_series_chunk(
         y = v.new_zeros(v.shape)
         final = (s0, ref0)
     else:
-        y, sfin, rfin = _ChunkFn.apply(q, k, v, km, s0, ref0, int(order), int(chunk_size))
+        if torch.jit.is_tracing():  # fvcore's FLOP count: trace the plain forward ops
+            y, sfin, rfin, _, _ = _chunk_forward(q, k, v, km, s0, ref0, int(order), int(chunk_size))
+            y = y.to(v.dtype)
+        else:
+            y, sfin, rfin = _ChunkFn.apply(q, k, v, km, s0, ref0, int(order), int(chunk_size))
         final = (sfin, rfin)
     if not output_final_state:
         return y
