@@ -231,3 +231,14 @@ def test_empty_sequence_gives_empty_output():
     y, state = ea_series(q, q, q, causal=True, output_final_state=True)
     assert y.shape == (2, 0, 4)
     assert torch.isinf(state["ref"]).all()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_second_order_gradients_raise_a_clear_error(causal):
+    """The hand-written backward is first-order only: double backward refuses, never silently 0."""
+    q, k, v = (t.requires_grad_() for t in qkv((1, 6, 2), 1.0))
+    y = ea_series(q, k, v, order=2, causal=causal)
+    (gq,) = torch.autograd.grad(y.sum(), q, create_graph=True)
+    assert not gq.requires_grad  # no graph through the first-order gradient
+    with pytest.raises(RuntimeError, match="does not require grad|once_differentiable"):
+        torch.autograd.grad(gq.sum(), k)
