@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-INT_ARGS = {"H", "L", "C", "LQ", "LK", "CPS", "NS", "M"}
+INT_ARGS = {"H", "L", "C", "LQ", "LK", "CPS", "NS", "NROW", "M"}
 
 
 def _signature(fn, consts, ptr_types):
@@ -72,11 +72,14 @@ def cases(quick: bool = False):
         bl, bc = ks.default_blocks(cuda, order)
         nw = ks._num_warps(bl, bc)
         base = dict(ORDER=order, NPOW=max(2, next_pow2(order + 1)), BL=bl, BC=bc, HAS_MASK=True)
-        out.append((f"series_sums t={order}", ks._series_sums_kernel, dict(SUMS=True, **base), half, nw))
+        out.append((f"series_sums t={order}", ks._series_sums_kernel, base, half, nw))
+        for rev in (False, True):
+            scan = dict(NPOW=next_pow2(2 * (order + 1)), BC=bc, REVERSE=rev, HAS_INIT=not rev)
+            out.append((f"series_split_scan t={order} reverse={rev}", ks._split_scan_kernel, scan, {}, 4))
         for causal in ((True,) if quick else (False, True)):
-            c = dict(CAUSAL=causal, ST_SPLIT=causal, **base)
+            c = dict(CAUSAL=causal, **base)
             tag = f"t={order} causal={causal} BL={bl} BC={bc} warps={nw}"
-            out.append((f"series_out {tag}", ks._series_out_kernel, c, half, nw))
+            out.append((f"series_out {tag}", ks._series_out_kernel, dict(c, STORE_END=causal), half, nw))
             out.append((f"series_bwd_q {tag}", ks._series_bwd_q_kernel, c, half, nw))
             out.append((f"series_bwd_kv {tag}", ks._series_bwd_kv_kernel, c, half, nw))
     cfgs = kf._configs()[:1] if quick else kf._configs()

@@ -10,7 +10,9 @@ channel) of q, k, v (B, ..., D), with the state s, z (order+1, B, ..., D) and re
 
 One launch per layer step, grid over blocks of the B*...*D elements; s, z and ref are
 updated in place (the state must be contiguous float32) and y is written in v's dtype.
-Inference only: no backward.
+Inference only: no backward. The state is the one ``ea_series_triton(..., causal=True,
+output_final_state=True)`` returns after a prompt (same layout and scale: sums at the
+running min of k^2), so decoding continues a parallel prefill exactly.
 """
 from __future__ import annotations
 

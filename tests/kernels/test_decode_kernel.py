@@ -93,3 +93,30 @@ def test_custom_op_registration(device):
     st = {n: t.to(device) for n, t in ea_series_init_state((2, 3), 2).items()}
     torch.library.opcheck(kd._decode_op, (q, k, v, st["s"], st["z"], st["ref"], 2),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("scale, offset", [(1.0, 0.0), (3.0, 10.0)])
+def test_decoding_continues_the_parallel_final_state(scale, offset, device):
+    """The parallel kernel's final state has the fused step's layout: a prefix through
+    ea_series_triton(..., output_final_state=True), then decoding steps, equals the whole
+    sequence (float64 naive form); offsets make the running min drop during decoding."""
+    from ea_zoo.functional.ea_series_naive import ea_series_naive
+    from ea_zoo.kernels.decode import ea_series_decode_step
+    from ea_zoo.kernels.ea_series import ea_series_triton
+
+    B, H, L, L0, d = 2, 2, 11, 6, 3
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(B, H, L, d, generator=g) * scale
+    k = torch.randn(B, H, L, d, generator=g) * scale + offset
+    k[:, :, L0 + 2] = 0.05  # a dominant key during decoding
+    v = torch.randn(B, H, L, d, generator=g) * scale
+    y_ref = ea_series_naive(q.double(), k.double(), v.double(), order=6, causal=True)
+    q, k, v = q.to(device), k.to(device), v.to(device)
+    y0, st = ea_series_triton(q[:, :, :L0], k[:, :, :L0], v[:, :, :L0], order=6, causal=True,
+                              output_final_state=True, block_l=4, block_c=2, n_split=2)
+    ys = [y0]
+    for t in range(L0, L):
+        y, st = ea_series_decode_step(q[:, :, t], k[:, :, t], v[:, :, t], st, 6)
+        ys.append(y[:, :, None])
+    y = torch.cat(ys, dim=2).cpu().double()
+    assert ((y - y_ref).abs().max() / y_ref.abs().max()).item() < 1e-5

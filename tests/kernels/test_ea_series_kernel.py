@@ -1,14 +1,21 @@
-"""EA-series Triton kernels (ea_zoo.kernels.ea_series) against the float64 PyTorch reference.
+"""EA-series Triton kernels (ea_zoo.kernels.ea_series) against the float64 naive reference.
 
 Run under the Triton interpreter on CPU (tests/kernels/conftest.py). Forward output and the
-three input gradients must match the float64 reference to a relative error (max abs error
-over max abs reference) below 1e-4 for float32 inputs.
+three input gradients must match ``ea_zoo.functional.ea_series_naive`` (O(L^2), every weight
+formed explicitly, evaluated in float64) to a relative error (max abs error over max abs
+reference) below 1e-4 for float32 inputs of unit scale. Large inputs, key offsets, the
+causal prefix stabilisation and the recurrent state: test_ea_series_kernel_state.py.
 """
 import pytest
 import torch
 
 from ea_zoo.functional import ea_series
-from ea_zoo.functional.ea_series import _reference as series_ref
+from ea_zoo.functional.ea_series_naive import ea_series_naive
+
+
+def series_ref(q, k, v, order=6, causal=False, key_padding_mask=None, allow_odd=False):
+    """The yardstick (``allow_odd`` is the dispatcher's business; the naive form takes any order)."""
+    return ea_series_naive(q, k, v, order=order, causal=causal, key_padding_mask=key_padding_mask)
 
 TOL32 = 1e-4
 
@@ -152,14 +159,16 @@ def test_large_keys_do_not_underflow(causal, device):
     q = rand(1, L, D, scale=0.1, device=device)
     k = (torch.linspace(11.0, 13.0, L).view(1, L, 1) + torch.randn(1, L, D) * 0.05).to(device)
     v = rand(1, L, D, device=device)
-    # dq = (dnum A - dden B) cancels by a factor ~|k| here, so dq is ill-conditioned: it only
-    # has to be as accurate as the float32 reference's (measured: both ~4e-4)
+    # dq = (dnum A - dden B) cancels by a factor ~|k| here, so dq is ill-conditioned in the
+    # moment form (sum_n c_n q^n S_n) the kernels use: measured 2.8e-4 (non-causal) and 2.9e-4
+    # (causal) relative error, as the earlier float32 moment-form reference had (~4e-4); the
+    # float32 naive form (pairwise weights) gets ~5e-5
     x32 = [t.detach().cpu().requires_grad_() for t in (q, k, v)]
     x64 = [t.detach().cpu().double().requires_grad_() for t in (q, k, v)]
     g = torch.randn(1, L, D)
     dq32 = torch.autograd.grad(series_ref(*x32, order=6, causal=causal), x32[0], g)[0]
     dq64 = torch.autograd.grad(series_ref(*x64, order=6, causal=causal), x64[0], g.double())[0]
-    dq_tol = max(TOL32, 3 * rel_err(dq32, dq64))
+    dq_tol = max(1e-3, 3 * rel_err(dq32, dq64))
     check(kern(order=6, causal=causal, block_l=8, block_c=4, n_split=3), ref(6, causal), (q, k, v),
           grad_tol={"q": dq_tol})
 
@@ -212,6 +221,8 @@ def test_dispatch_auto_on_cpu_is_reference(no_launch):
     torch.testing.assert_close(ea_series(q, k, v, order=2, impl="auto"), series_ref(q, k, v, order=2))
     q64 = q.double()
     torch.testing.assert_close(ea_series(q64, q64, q64, order=2), series_ref(q64, q64, q64, order=2))
+    y = ea_series(q, k, v, order=2, causal=True, impl="auto")
+    torch.testing.assert_close(y, series_ref(q, k, v, order=2, causal=True))
 
 
 def test_dispatch_errors_before_launch(no_launch, monkeypatch):
@@ -253,8 +264,18 @@ def test_custom_op_registration(device):
     q, k, v = (rand(1, 2, 9, 4, device=device).requires_grad_() for _ in range(3))
     mask = torch.ones(1, 9, dtype=torch.uint8, device=device)
     mask[0, 2] = 0
-    torch.library.opcheck(ks._ea_series_fwd_op, (q, k, v, mask, 2, True, 8, 4, 2),
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    utils = ("test_schema", "test_faketensor", "test_autograd_registration")
+    # (q, k, v, mask, s0, z0, ref0, order, causal, block_l, block_c, n_split, output_final_state)
+    torch.library.opcheck(ks._ea_series_fwd_op, (q, k, v, mask, None, None, None, 2, True, 8, 4, 2, False),
+                          test_utils=utils)
+    torch.library.opcheck(ks._ea_series_fwd_op, (q, k, v, None, None, None, None, 2, False, 8, 4, 2, False),
+                          test_utils=utils)
+    # with an initial state (B*H, order+1, D), (B*H, D) and the final state as extra outputs
+    s0 = rand(2, 3, 4, device=device)
+    z0 = rand(2, 3, 4, device=device).abs()
+    ref0 = rand(2, 4, device=device).abs()
+    torch.library.opcheck(ks._ea_series_fwd_op, (q, k, v, mask, s0, z0, ref0, 2, True, 4, 4, 2, True),
+                          test_utils=utils)
 
 
 def test_torch_compile_through_the_dispatchers(device):
