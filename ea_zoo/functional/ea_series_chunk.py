@@ -273,8 +273,8 @@ class _Block:
     """
 
     def __init__(self, qc, kc, vc, km, state, ref, order, C, tau, St=None):
-        """``St``: the chunk-start states the forward computed (the backward passes them back,
-        skipping the chunk sums and the loop over chunks)."""
+        """``St``: the chunk-start states the forward computed. The backward passes them back
+        and needs no sums: only scales, key weights and the unsafe chunks are rebuilt."""
         L = qc.shape[-2]
         self.L, self.pad = L, (-L) % C
         kz, vz, k2 = _masked(kc, vc, km)
@@ -298,12 +298,6 @@ class _Block:
         self.beta = torch.where(near, torch.exp(torch.where(near, self.r - self.k2, _zeros(self.q))), _zeros(self.q))
         self.unsafe_row = torch.isfinite(self.m) & ~(fin_r & (self.m >= self.r - tau))
         unsafe_blk = self.unsafe_row[-1]  # (..., N, D); m only falls: the last row is the worst
-        # X[0, n] = beta k^n v, X[1, n] = beta k^n: (2, T1, C, ..., N, D)
-        X = torch.empty((2, order + 1) + self.q.shape, dtype=self.q.dtype, device=self.q.device)
-        torch.mul(self.beta, self.v, out=X[0, 0])
-        X[1, 0] = self.beta
-        for n in range(1, order + 1):
-            torch.mul(X[:, n - 1], self.k, out=X[:, n])
         self.idx = None
         if bool(unsafe_blk.any()):
             self.idx = unsafe_blk.nonzero(as_tuple=True)
@@ -311,19 +305,28 @@ class _Block:
             g = lambda t: t[self.cidx].T  # noqa: E731  (U, C)
             self.gq, self.gk, self.gv, self.gk2, self.gm = g(self.q), g(self.k), g(self.v), g(self.k2), g(self.m)
             self.grho, self.gr = self.rho[0][self.idx], self.r[0][self.idx]  # (U,)
-        cur = None
-        if St is None:
-            tot = X.sum(2).mul_(self.leave)  # chunk sums at scale rho (exact for safe chunks), (2, T1, ..., N, D)
+        self.ref_out = self.rho[0, ..., -1, :]
+        if St is not None:  # backward: the sums are not needed
+            self.St = St
             if self.idx is not None:
-                tot[(slice(None), slice(None)) + self.idx] = _chunk_totals(self.gk, self.gv, self.gk2, self.grho, order)
-            St = torch.empty_like(tot)
-            cur = state  # (2, T1, ..., D), scale: the running min before the chunk
-            for c in range(N):  # carried state at each chunk's start, rescaled to r_c
-                torch.mul(cur, self.enter[..., c, :], out=St[..., c, :])
-                cur = torch.addcmul(tot[..., c, :], St[..., c, :], self.leave[..., c, :])
-            del tot
-        self.St = St
-        self.final, self.ref_out = cur, self.rho[0, ..., -1, :]
+                self.gSt = St[(slice(None), slice(None)) + self.idx]  # (2, T1, U)
+            return
+        # X[0, n] = beta k^n v, X[1, n] = beta k^n: (2, T1, C, ..., N, D)
+        X = torch.empty((2, order + 1) + self.q.shape, dtype=self.q.dtype, device=self.q.device)
+        torch.mul(self.beta, self.v, out=X[0, 0])
+        X[1, 0] = self.beta
+        for n in range(1, order + 1):
+            torch.mul(X[:, n - 1], self.k, out=X[:, n])
+        tot = X.sum(2).mul_(self.leave)  # chunk sums at scale rho (exact for safe chunks), (2, T1, ..., N, D)
+        if self.idx is not None:
+            tot[(slice(None), slice(None)) + self.idx] = _chunk_totals(self.gk, self.gv, self.gk2, self.grho, order)
+        St = torch.empty_like(tot)
+        cur = state  # (2, T1, ..., D), scale: the running min before the chunk
+        for c in range(N):  # carried state at each chunk's start, rescaled to r_c
+            torch.mul(cur, self.enter[..., c, :], out=St[..., c, :])
+            cur = torch.addcmul(tot[..., c, :], St[..., c, :], self.leave[..., c, :])
+        del tot
+        self.St, self.final = St, cur
         if self.idx is not None:
             self.gSt = St[(slice(None), slice(None)) + self.idx]  # (2, T1, U)
         # row sums of safe rows: the carried state plus the chunk's prefix sums, scale r
@@ -350,13 +353,23 @@ class _Block:
         return _pad_rows(x, self.pad).view(*self.lead, self.N, self.C, self.D).movedim(-2, 0)
 
 
+def _seq_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum over the last dim by sequential adds: the rounding of each row's sum then depends
+    on that row alone, not on how many gathered chunks share the call (which can depend on
+    later keys); prefix invariance stays bit-exact."""
+    acc = x[..., 0].clone()
+    for j in range(1, x.shape[-1]):
+        acc += x[..., j]
+    return acc
+
+
 def _chunk_totals(k, v, k2, rho, order):
     """(2, T1, U): sum_j e^{rho - k_j^2} k_j^n [v_j, 1] of gathered chunks (U, C), rho (U,)."""
     w = _exp_le0(rho[:, None].expand_as(k2), k2)
     out = torch.empty((2, order + 1, k.shape[0]), dtype=k.dtype, device=k.device)
     for n in range(order + 1):
-        out[0, n] = (w * v).sum(-1)
-        out[1, n] = w.sum(-1)
+        out[0, n] = _seq_sum(w * v)
+        out[1, n] = _seq_sum(w)
         w = w * k
     return out
 
@@ -372,36 +385,56 @@ def _pairwise(q, k, v, k2, m, order, St, r):
     w = torch.where(ok, torch.exp(torch.where(ok, mi - k2.unsqueeze(-2), zero)), zero)
     p = _horner_c([torch.ones_like(w)] * (order + 1), 1.0 * q.unsqueeze(-1) * k.unsqueeze(-2))  # P_t(2 q k)
     a = w * p
-    num, den = (a * v.unsqueeze(-2)).sum(-1), a.sum(-1)
+    num, den = _seq_sum(a * v.unsqueeze(-2)), _seq_sum(a)
     # the carried state, rescaled from r to each row's m (e^{m - r} <= 1; 0 before any key)
     dec = _exp_le0(m, r[:, None].expand_as(m))
     return num + dec * _horner_c(St[0][..., None], q), den + dec * _horner_c(St[1][..., None], q)
 
 
-def _chunk_forward(q, k, v, km, s0, ref0, order, chunk):
+def _chunk_forward(q, k, v, km, s0, ref0, order, chunk, with_grad=False):
     """The causal forward on blocks of rows: y (in the accumulation dtype), the final state
-    and scale, and each block's (chunk-start states, start scale) for the backward."""
+    and scale, and each block's (chunk-start states, start scale) for the backward. With
+    ``with_grad``, y is ``(y, 1 / den, q factor)``: two (..., L, D) row factors that let the
+    backward skip rebuilding the (2, t+1) sums (dnum = g / den, dq = g * q factor)."""
     cd = _cd(q)
     qc, kc, vc = q.to(cd), k.to(cd), v.to(cd)
     *lead, L, D = qc.shape
     tau = _TAU[cd]
     rows = _rows_per_block(L, int(math.prod(lead)) * D, order, chunk)
     state, ref = s0.to(cd), ref0.to(cd)
-    ys, starts = [], []
+    ys, invs, qfs, starts = [], [], [], []
     for b0 in range(0, L, rows):
         sl = (Ellipsis, slice(b0, min(L, b0 + rows)), slice(None))
         blk = _Block(qc[sl], kc[sl], vc[sl], None if km is None else km[sl], state, ref, order, chunk, tau)
         starts.append((blk.St, ref))
         nd = _horner_c(blk.R.transpose(0, 1), blk.q)
-        y = _ratio(nd[0], nd[1])
+        num, den = nd[0], nd[1]
         if blk.idx is not None:
             nb, db = blk.fallback()
-            y[blk.cidx] = torch.where(blk.unsafe_row[blk.cidx], _ratio(nb, db).T, y[blk.cidx])
+            sel = blk.unsafe_row[blk.cidx]
+            num[blk.cidx] = torch.where(sel, nb.T, num[blk.cidx])
+            den[blk.cidx] = torch.where(sel, db.T, den[blk.cidx])
+        inv = torch.where(den > 0, 1.0 / den, _zeros(den))  # 1 / den at the row's scale, 0: no key
+        y = num * inv
+        if with_grad:
+            # the q-side of the backward, from sums the backward would otherwise rebuild:
+            # dq_i = g_i * 2 (num'_i - y_i den'_i) / den_i (num' = d num / dq halved, Horner)
+            if order > 0:
+                Dd = _horner_c(blk.R[:, 1:].transpose(0, 1), blk.q)
+                qf = torch.addcmul(Dd[0], y, Dd[1], value=-1.0).mul_(inv).mul_(2.0)
+                if blk.idx is not None:  # unsafe rows: dq through the exact pairwise form
+                    qf = torch.where(blk.unsafe_row, _zeros(qf), qf)
+            else:
+                qf = torch.zeros_like(y)
+            invs.append(blk.unpad(inv))
+            qfs.append(blk.unpad(qf))
         ys.append(blk.unpad(y))
         state, ref = blk.final, blk.ref_out
         del blk
-    y = torch.cat(ys, dim=-2) if len(ys) > 1 else ys[0]
-    return y, state, ref, starts, rows
+    cat = lambda xs: torch.cat(xs, dim=-2) if len(xs) > 1 else xs[0]  # noqa: E731
+    if not with_grad:
+        return cat(ys), state, ref, starts, rows
+    return (cat(ys), cat(invs), cat(qfs)), state, ref, starts, rows
 
 
 class _ChunkFn(torch.autograd.Function):
@@ -409,9 +442,10 @@ class _ChunkFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, km, s0, ref0, order, chunk):
-        y, state, ref, starts, rows = _chunk_forward(q, k, v, km, s0, ref0, order, chunk)
-        # saved: q, k, v, y and per block its chunk-start states (2, t+1, ..., L / C, D)
-        ctx.save_for_backward(q, k, v, km, y, *[s for s, _ in starts], *[r for _, r in starts])
+        (y, inv, qf), state, ref, starts, rows = _chunk_forward(q, k, v, km, s0, ref0, order, chunk, True)
+        # saved: q, k, v, y, the row factors 1 / den and dq / g (each (..., L, D)), and per
+        # block its chunk-start states (2, t+1, ..., L / C, D): O(L D), nothing (t+1) x L x D
+        ctx.save_for_backward(q, k, v, km, y, inv, qf, *[s for s, _ in starts], *[r for _, r in starts])
         ctx.meta = (order, chunk, rows, len(starts))
         ctx.mark_non_differentiable(state, ref)
         return y.to(v.dtype), state, ref
@@ -419,7 +453,7 @@ class _ChunkFn(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g, _gs, _gr):
-        q, k, v, km, y, *st = ctx.saved_tensors
+        q, k, v, km, y, inv, qf, *st = ctx.saved_tensors
         order, chunk, rows, nb = ctx.meta
         cd = _cd(q)
         qc, kc, vc, g = q.to(cd), k.to(cd), v.to(cd), g.to(cd)
@@ -431,40 +465,34 @@ class _ChunkFn(torch.autograd.Function):
             sl = (Ellipsis, slice(bi * rows, min(L, bi * rows + rows)), slice(None))
             blk = _Block(qc[sl], kc[sl], vc[sl], None if km is None else km[sl], None, st[nb + bi],
                          order, chunk, tau, St=st[bi])
-            G = _backward_block(blk, y[sl], g[sl], G, dq[sl], dk[sl], dv[sl], None if km is None else km[sl])
+            G = _backward_block(blk, y[sl], g[sl], inv[sl], qf[sl], G, dq[sl], dk[sl], dv[sl],
+                                None if km is None else km[sl])
             del blk
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None
 
 
-def _backward_block(blk, y, g, G_after, dq_out, dk_out, dv_out, km):
+def _backward_block(blk, y, g, inv, qf, G_after, dq_out, dk_out, dv_out, km):
     """Gradients of one block (written into dq/dk/dv_out); returns the suffix state
     (2, T1, ..., D) for the block before, at the scale of its last row.
 
     Row scale R_i: r_c (safe rows) or m_i (unsafe rows), consistently with the forward:
-    dnum_i = g_i / den_i(R_i), dden_i = -dnum_i y_i, and key j receives
+    dnum_i = g_i / den_i(R_i) (``inv`` = 1 / den from the forward), dden_i = -dnum_i y_i,
+    dq_i = g_i * qf_i (``qf`` from the forward; 0 on unsafe rows), and key j receives
     GS_{n,j} = sum_{i >= j} q_i^n dnum_i e^{R_i - k_j^2} (GZ with dden; the c_n go to
     :func:`_key_grads`): from safe rows of its chunk beta_j * (reverse prefix sum), from later
     chunks e^{rho_c - k_j^2} * G_c with the suffix state G_c at scale rho_c, from unsafe rows
     of its chunk through autograd on the exact pairwise form.
     """
     order, C = blk.order, blk.C
-    yv, gv = blk.chunked(y), blk.chunked(g)
-    R = blk.R
-    den = _horner_c(R[1], blk.q)
+    gv = blk.chunked(g)
+    dnum = gv * blk.chunked(inv)
+    dden = -dnum * blk.chunked(y)
+    dq = gv * blk.chunked(qf)
     unsafe = blk.idx is not None
-    if unsafe:
-        with torch.no_grad():
-            _, db = blk.fallback()
-        den[blk.cidx] = torch.where(blk.unsafe_row[blk.cidx], db.T, den[blk.cidx])
-    dnum = _ratio(gv, den)
-    dden = -dnum * yv
-    dq = _row_q_grad(blk.q, R, dnum, dden)
-    del R, blk.R
     RS = _q_powers_times(blk.q, dnum, dden, order)  # (2, T1, C, ..., N, D)
     rows = RS.unbind(2)
     if unsafe:  # rows' share for earlier chunks at their chunk's scale r: 1 (safe) or e^{m - r}
         safe = ~blk.unsafe_row
-        dq = torch.where(safe, dq, _zeros(dq))
         wrow = torch.where(safe, torch.ones_like(blk.m), _exp_le0(blk.m, blk.r.expand_as(blk.m)))
         loc = (RS * wrow).sum(2)
         RS.masked_fill_(~safe, 0.0)
@@ -537,7 +565,8 @@ def ea_series_chunk(
         y = v.new_zeros(v.shape)
         final = (s0, ref0)
     else:
-        if torch.jit.is_tracing():  # fvcore's FLOP count: trace the plain forward ops
+        if torch.jit.is_tracing() or not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
+            # no gradient wanted (inference, or fvcore's FLOP trace): the plain forward
             y, sfin, rfin, _, _ = _chunk_forward(q, k, v, km, s0, ref0, int(order), int(chunk_size))
             y = y.to(v.dtype)
         else:

@@ -57,13 +57,14 @@ def test_large_key_offsets_match_float64(offset):
 @given(scale=st.sampled_from(SCALES), offset=st.floats(0.0, 30.0), cut=st.integers(1, 47),
        chunk=st.sampled_from([4, 16, 64]), order=st.sampled_from([2, 6]), seed=st.integers(0, 10_000))
 def test_future_invariance_property(scale, offset, cut, chunk, order, seed):
-    """Changing keys/values at positions >= cut leaves outputs before cut unchanged."""
+    """Changing keys/values at positions >= cut leaves outputs before cut unchanged: bit for
+    bit, in float64 and in float32 (every quantity a row uses depends on earlier rows only)."""
     q, k, v = qkv((2, 2, 48, 3), scale, offset, seed=seed)
     k2, v2 = k.clone(), v.clone()
     g = torch.Generator().manual_seed(seed + 1)
     k2[..., cut:, :] = torch.randn(k2[..., cut:, :].shape, generator=g, dtype=k.dtype) * 0.05  # tiny k^2
     v2[..., cut:, :] = torch.randn(v2[..., cut:, :].shape, generator=g, dtype=k.dtype) * 100
-    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-6)):
+    for dtype, tol in ((torch.float64, 0.0), (torch.float32, 0.0)):
         a = ea_series(q.to(dtype), k.to(dtype), v.to(dtype), order=order, causal=True, chunk_size=chunk)
         b = ea_series(q.to(dtype), k2.to(dtype), v2.to(dtype), order=order, causal=True, chunk_size=chunk)
         assert rel(b[..., :cut, :], a[..., :cut, :]) <= tol, (dtype, scale, offset)
@@ -197,7 +198,9 @@ def test_ea8_finite_range_in_fp32(causal):
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_training_saves_only_qkv_y_and_small_states(causal):
-    """Nothing of size (t + 1) x L x D lives from the forward to the backward."""
+    """Nothing of size (t + 1) x L x D lives from the forward to the backward: non-causal saves
+    q, k, v, y (+ (t + 1) D sums); causal also two (L, D) row factors and the states every
+    chunk (2 (t + 1) D per 64 tokens)."""
     B, L, D, order = 1, 4096, 16, 6
     q, k, v = (torch.randn(B, L, D, requires_grad=True) for _ in range(3))
     saved = []
@@ -210,7 +213,8 @@ def test_training_saves_only_qkv_y_and_small_states(causal):
         y = ea_series(q, k, v, order=order, causal=causal)
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in saved if t is not None}
     LD = B * L * D * 4
-    assert sum(storages.values()) <= 4 * LD + 2 * (order + 1) * LD // 8, sorted(storages.values())
+    bound = (6 if causal else 4) * LD + 2 * (order + 1) * LD // 64 + 4096
+    assert sum(storages.values()) <= bound, sorted(storages.values())
     y.sum().backward()
     assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
 
