@@ -293,10 +293,12 @@ class _Block:
         prev = torch.cat([ref[None, ..., None, :], self.rho[..., :-1, :]], dim=-2)  # scale of the arriving state
         self.enter = _exp_le0(self.r, prev)[0]  # e^{r - rho_prev} <= 1 (0: empty state), (..., N, D)
         self.leave = _exp_le0(self.rho, self.r)[0]  # e^{rho - r} <= 1
-        fin_r = torch.isfinite(self.r)
+        fin_m = self.m < float("inf")  # m >= 0: finite unless no key yet
+        fin_r, self.fin_rho = fin_m[:1], fin_m[-1:]
         near = fin_r & (self.k2 >= self.r - tau)
-        self.beta = torch.where(near, torch.exp(torch.where(near, self.r - self.k2, _zeros(self.q))), _zeros(self.q))
-        self.unsafe_row = torch.isfinite(self.m) & ~(fin_r & (self.m >= self.r - tau))
+        # exp of a discarded entry may be inf/NaN: selected away, never multiplied
+        self.beta = torch.where(near, torch.exp(self.r - self.k2), _zeros(self.q))
+        self.unsafe_row = fin_m & ~(fin_r & (self.m >= self.r - tau))
         unsafe_blk = self.unsafe_row[-1]  # (..., N, D); m only falls: the last row is the worst
         self.idx = None
         if bool(unsafe_blk.any()):
@@ -506,7 +508,8 @@ def _backward_block(blk, y, g, inv, qf, G_after, dq_out, dk_out, dv_out, km):
         Gc[..., c, :] = cur
         cur = blk.enter[..., c, :] * torch.addcmul(loc[..., c, :], cur, blk.leave[..., c, :])
     RS.mul_(blk.beta)
-    RS.addcmul_(Gc.unsqueeze(2), _exp_le0(blk.rho.expand_as(blk.k2), blk.k2))  # later chunks, e^{rho - k^2} <= 1
+    w_later = torch.where(blk.fin_rho, torch.exp(blk.rho - blk.k2), _zeros(blk.k2))  # e^{rho - k^2} <= 1
+    RS.addcmul_(Gc.unsqueeze(2), w_later)  # later chunks
     dk, dv = _key_grads(blk.k, blk.v, RS)
     del RS
     if unsafe:
