@@ -498,18 +498,23 @@ def _backward_block(blk, y, g, inv, qf, G_after, dq_out, dk_out, dv_out, km):
         wrow = torch.where(safe, torch.ones_like(blk.m), _exp_le0(blk.m, blk.r.expand_as(blk.m)))
         loc = (RS * wrow).sum(2)
         RS.masked_fill_(~safe, 0.0)
-    for c in range(C - 2, -1, -1):  # reverse prefix sums over the safe rows of each chunk
-        rows[c].add_(rows[c + 1])
-    if not unsafe:
-        loc = rows[0].clone()  # every row safe: the chunk's sum is the reverse scan's first row
+    else:
+        loc = RS.sum(2)  # (2, T1, ..., N, D): each chunk's rows, at its scale r
     Gc = torch.empty_like(loc)
     cur = torch.zeros_like(loc[..., 0, :]) if G_after is None else G_after
     for c in range(blk.N - 1, -1, -1):  # G_c at scale rho_c; the result at the block's start scale
         Gc[..., c, :] = cur
         cur = blk.enter[..., c, :] * torch.addcmul(loc[..., c, :], cur, blk.leave[..., c, :])
+    # key j of chunk c: GS_j = beta_j (sum_{safe i >= j in c} RS_i + e^{rho_c - r_c} G_c), as
+    # e^{rho - k_j^2} = beta_j e^{rho - r}; the later chunks' share enters the reverse scan at
+    # the chunk's last row
+    rows[C - 1].addcmul_(Gc, blk.leave)
+    for c in range(C - 2, -1, -1):  # reverse prefix sums over the safe rows of each chunk
+        rows[c].add_(rows[c + 1])
     RS.mul_(blk.beta)
-    w_later = torch.where(blk.fin_rho, torch.exp(blk.rho - blk.k2), _zeros(blk.k2))  # e^{rho - k^2} <= 1
-    RS.addcmul_(Gc.unsqueeze(2), w_later)  # later chunks
+    if unsafe:  # keys below r - tau (beta 0) still receive the later chunks' share
+        far = (blk.beta == 0) & blk.fin_rho
+        RS.addcmul_(Gc.unsqueeze(2), torch.where(far, torch.exp(blk.rho - blk.k2), _zeros(blk.k2)))
     dk, dv = _key_grads(blk.k, blk.v, RS)
     del RS
     if unsafe:
