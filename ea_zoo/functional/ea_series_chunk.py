@@ -272,14 +272,15 @@ class _Block:
     them) come from :func:`_pairwise`.
     """
 
-    def __init__(self, qc, kc, vc, km, state, ref, order, C, tau, St=None):
+    def __init__(self, qc, kc, vc, km, state, ref, order, C, tau, St=None, scales=None):
         """``St``: the chunk-start states the forward computed. The backward passes them back
-        and needs no sums: only scales, key weights and the unsafe chunks are rebuilt."""
+        and needs no sums: only scales, key weights and the unsafe chunks are rebuilt.
+        ``scales``: the forward's (r, rho) of a block without unsafe chunks (the backward then
+        needs no running minimum per row at all)."""
         L = qc.shape[-2]
         self.L, self.pad = L, (-L) % C
         kz, vz, k2 = _masked(kc, vc, km)
         k2 = _pad_rows(k2, self.pad, float("inf"))  # padded rows: no key, the running min carries on
-        m = torch.minimum(torch.cummin(k2, dim=-2).values, ref.unsqueeze(-2))
         *lead, _, D = qc.shape
         N = (L + self.pad) // C
         self.lead, self.N, self.C, self.D, self.order = lead, N, C, D, order
@@ -287,27 +288,35 @@ class _Block:
         def cm(t):  # (..., L, D) -> (C, ..., N, D), zero padded
             return _pad_rows(t, (N * C) - t.shape[-2]).view(*lead, N, C, D).movedim(-2, 0).contiguous()
 
-        self.q, self.k, self.v, self.k2, self.m = cm(qc), cm(kz), cm(vz), cm(k2), cm(m)
-        self.r = self.m[:1]  # the chunk's scale: m at its first row (known to every row of it)
-        self.rho = self.m[-1:]
+        self.q, self.k, self.v, self.k2 = cm(qc), cm(kz), cm(vz), cm(k2)
+        if scales is None:
+            self.m = cm(torch.minimum(torch.cummin(k2, dim=-2).values, ref.unsqueeze(-2)))
+            self.r = self.m[:1]  # the chunk's scale: m at its first row (known to every row of it)
+            self.rho = self.m[-1:]
+            fin_m = self.m < float("inf")  # m >= 0: finite unless no key yet
+            fin_r, self.fin_rho = fin_m[:1], fin_m[-1:]
+        else:
+            self.r, self.rho = scales
+            fin_r, self.fin_rho = self.r < float("inf"), self.rho < float("inf")
         prev = torch.cat([ref[None, ..., None, :], self.rho[..., :-1, :]], dim=-2)  # scale of the arriving state
         self.enter = _exp_le0(self.r, prev)[0]  # e^{r - rho_prev} <= 1 (0: empty state), (..., N, D)
         self.leave = _exp_le0(self.rho, self.r)[0]  # e^{rho - r} <= 1
-        fin_m = self.m < float("inf")  # m >= 0: finite unless no key yet
-        fin_r, self.fin_rho = fin_m[:1], fin_m[-1:]
         near = fin_r & (self.k2 >= self.r - tau)
         # exp of a discarded entry may be inf/NaN: selected away, never multiplied
         self.beta = torch.where(near, torch.exp(self.r - self.k2), _zeros(self.q))
+        self.idx = None
+        self.ref_out = self.rho[0, ..., -1, :]
+        if scales is not None:  # backward of a block the forward found all safe
+            self.St = St
+            return
         self.unsafe_row = fin_m & ~(fin_r & (self.m >= self.r - tau))
         unsafe_blk = self.unsafe_row[-1]  # (..., N, D); m only falls: the last row is the worst
-        self.idx = None
         if bool(unsafe_blk.any()):
             self.idx = unsafe_blk.nonzero(as_tuple=True)
             self.cidx = (slice(None),) + self.idx  # rows of the unsafe chunks: (C, U)
             g = lambda t: t[self.cidx].T  # noqa: E731  (U, C)
             self.gq, self.gk, self.gv, self.gk2, self.gm = g(self.q), g(self.k), g(self.v), g(self.k2), g(self.m)
             self.grho, self.gr = self.rho[0][self.idx], self.r[0][self.idx]  # (U,)
-        self.ref_out = self.rho[0, ..., -1, :]
         if St is not None:  # backward: the sums are not needed
             self.St = St
             if self.idx is not None:
@@ -408,7 +417,7 @@ def _chunk_forward(q, k, v, km, s0, ref0, order, chunk, with_grad=False):
     for b0 in range(0, L, rows):
         sl = (Ellipsis, slice(b0, min(L, b0 + rows)), slice(None))
         blk = _Block(qc[sl], kc[sl], vc[sl], None if km is None else km[sl], state, ref, order, chunk, tau)
-        starts.append((blk.St, ref))
+        starts.append((blk.St, ref, None if blk.idx is not None else (blk.r.clone(), blk.rho.clone())))
         nd = _horner_c(blk.R.transpose(0, 1), blk.q)
         num, den = nd[0], nd[1]
         if blk.idx is not None:
@@ -447,8 +456,10 @@ class _ChunkFn(torch.autograd.Function):
         (y, inv, qf), state, ref, starts, rows = _chunk_forward(q, k, v, km, s0, ref0, order, chunk, True)
         # saved: q, k, v, y, the row factors 1 / den and dq / g (each (..., L, D)), and per
         # block its chunk-start states (2, t+1, ..., L / C, D): O(L D), nothing (t+1) x L x D
-        ctx.save_for_backward(q, k, v, km, y, inv, qf, *[s for s, _ in starts], *[r for _, r in starts])
-        ctx.meta = (order, chunk, rows, len(starts))
+        scales = [sc for _, _, sc in starts]
+        ctx.save_for_backward(q, k, v, km, y, inv, qf, *[s for s, _, _ in starts], *[r for _, r, _ in starts],
+                              *[t for sc in scales if sc is not None for t in sc])
+        ctx.meta = (order, chunk, rows, len(starts), [sc is not None for sc in scales])
         ctx.mark_non_differentiable(state, ref)
         return y.to(v.dtype), state, ref
 
@@ -456,7 +467,9 @@ class _ChunkFn(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g, _gs, _gr):
         q, k, v, km, y, inv, qf, *st = ctx.saved_tensors
-        order, chunk, rows, nb = ctx.meta
+        order, chunk, rows, nb, has_scales = ctx.meta
+        flat = iter(st[2 * nb:])
+        scales = [(next(flat), next(flat)) if h else None for h in has_scales]
         cd = _cd(q)
         qc, kc, vc, g = q.to(cd), k.to(cd), v.to(cd), g.to(cd)
         L = qc.shape[-2]
@@ -466,7 +479,7 @@ class _ChunkFn(torch.autograd.Function):
         for bi in range(nb - 1, -1, -1):
             sl = (Ellipsis, slice(bi * rows, min(L, bi * rows + rows)), slice(None))
             blk = _Block(qc[sl], kc[sl], vc[sl], None if km is None else km[sl], None, st[nb + bi],
-                         order, chunk, tau, St=st[bi])
+                         order, chunk, tau, St=st[bi], scales=scales[bi])
             G = _backward_block(blk, y[sl], g[sl], inv[sl], qf[sl], G, dq[sl], dk[sl], dv[sl],
                                 None if km is None else km[sl])
             del blk

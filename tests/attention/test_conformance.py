@@ -194,13 +194,15 @@ def test_future_tokens_change_nothing_at_trained_scale(name, scale, offset):
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("scale", SCALES)
 def test_prefill_in_pieces_equals_forward_and_step(name, scale):
-    """forward == prefill in random pieces with the state passed on == step (float64)."""
+    """forward == prefill in pieces of random sizes with the state passed on == step (float64)."""
     m = make_scaled(name, scale, scale)
     B, L = 2, 23
     x = torch.randn(B, L, D, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         y = m(x)
-        cuts = [0, 1, 8, 9, 20, L]
+        g = torch.Generator().manual_seed(int(scale))  # pieces of random sizes (1 token included)
+        inner = sorted(set(torch.randint(1, L, (5,), generator=g).tolist()) | {1})
+        cuts = [0] + inner + [L]
         state, outs = None, []
         for a, b in zip(cuts[:-1], cuts[1:]):
             o, state = m.prefill(x[:, a:b], state)
