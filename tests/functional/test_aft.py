@@ -13,6 +13,7 @@ from ea_zoo.functional.aft import (
     aft_step,
     init_aft_state,
 )
+from ea_zoo.testing import SCALES, random_pieces
 
 # the submodule (``ea_zoo.functional.aft`` as an attribute is the function, star-imported)
 aft_mod = importlib.import_module("ea_zoo.functional.aft")
@@ -248,18 +249,6 @@ def test_gradgradcheck_local():
 
 
 # ------------------------------------------------------------------ state contract
-SCALES = [1.0, 3.0, 10.0, 30.0]
-
-
-def random_pieces(L, seed):
-    """Random piece sizes (>= 1) summing to L."""
-    g = torch.Generator().manual_seed(seed)
-    sizes, left = [], L
-    while left:
-        n = int(torch.randint(1, min(left, 9) + 1, (1,), generator=g))
-        sizes.append(n)
-        left -= n
-    return sizes
 
 
 def run_in_pieces(op, q, k, v, sizes, mask=None, state=None):

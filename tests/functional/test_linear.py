@@ -14,6 +14,7 @@ from ea_zoo.functional.linear import (
     linear_attention_step,
     relu_feature_map,
 )
+from ea_zoo.testing import SCALES, random_pieces
 
 
 def naive_linear(q, k, v, causal=False, kpm=None, normalize=True, eps=1e-6):
@@ -153,18 +154,6 @@ def test_half_precision_long_causal(dtype):
 
 
 # ------------------------------------------------------------------ state contract
-SCALES = [1.0, 3.0, 10.0, 30.0]
-
-
-def random_pieces(L, seed):
-    """Random piece sizes (>= 1) summing to L."""
-    g = torch.Generator().manual_seed(seed)
-    sizes, left = [], L
-    while left:
-        n = int(torch.randint(1, min(left, 9) + 1, (1,), generator=g))
-        sizes.append(n)
-        left -= n
-    return sizes
 
 
 def run_in_pieces(q, k, v, sizes, kpm=None, state=None, **kw):

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from ea_zoo.functional.softmax import init_kv_cache, softmax_attention, softmax_attention_step
+from ea_zoo.testing import SCALES, random_pieces, rel_err
 
 
 def naive_softmax(q, k, v, causal=False, kpm=None, attn_mask=None, scale=None):
@@ -150,21 +151,6 @@ def test_nan_at_padded_positions_never_reaches_valid_outputs(causal, with_attn_m
 
 
 # ------------------------------------------------------------------ KV cache state
-SCALES = [1.0, 3.0, 10.0, 30.0]
-
-
-def random_pieces(L, seed):
-    g = torch.Generator().manual_seed(seed)
-    sizes, left = [], L
-    while left:
-        n = int(torch.randint(1, min(left, 9) + 1, (1,), generator=g))
-        sizes.append(n)
-        left -= n
-    return sizes
-
-
-def rel_err(a, b):
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
 
 
 @pytest.mark.parametrize("padded", [False, True])
