@@ -7,33 +7,37 @@ and c_n = 2^n / n!:
     S_{n,i} = sum_{j in J(i)} e^{R_i - k_j^2} k_j^n v_j,   Z_{n,i} = same without v_j,
 
 for any per-row scale R_i (it cancels in the ratio). Both forms are ``torch.autograd.Function``s
-with a hand-written backward that recomputes what it needs from q, k, v, so training saves
-only q, k, v, y and (causal) the (2 t + 2) x D chunk states every ``chunk_size`` tokens:
-nothing of size (t + 1) x L x D lives from the forward to the backward. The temporaries of
-one call are bounded by working on blocks of rows (``_rows_per_block``).
+with a hand-written backward that recomputes what it needs from q, k, v. Training saves
+q, k, v, y and (2 t + 2) x D sums (non-causal); the causal form also saves two (L, D) row
+factors (1 / den and dq / g, so the backward rebuilds no sums) and the (2 t + 2) x D chunk
+states every ``chunk_size`` tokens: nothing of size (t + 1) x L x D lives from the forward
+to the backward. The temporaries of one call are bounded by working on blocks of rows
+(``_rows_per_block``, ``_row_blocks``).
 
 Non-causal: every row sees every key, so one scale per channel, R = min_j k_j^2, is exact:
 the smallest-k^2 key has e^0 and nothing can underflow that matters.
 
-Causal, prefix-stabilised: row i may use only keys j <= i, also through its scale. R_i is the
-running minimum m_i = min(ref0, min_{j<=i} k_j^2) (``ref0`` from ``initial_state``). Then
-every exponent m_i - k_j^2 <= 0, and the key that attains m_i (the row's "dominant" key, the
-one with the largest e^{-k^2}) has weight exactly e^0 P_t(2 q_i k_j) >= min P_t > 0 (t even).
-So a row's denominator never underflows, whatever the keys after it hold; a term that
-underflows is < e^{-87} (float32) of the dominant one (times the ratio of polynomial values).
-The sequence is cut into chunks of C tokens:
+Causal, prefix-stabilised: row i may use only keys j <= i, also through its scale. Let
+m_i = min(ref0, min_{j<=i} k_j^2) be the running minimum (``ref0`` from ``initial_state``).
+With R_i = m_i every exponent m_i - k_j^2 <= 0, and the key that attains m_i (the row's
+"dominant" key, the one with the largest e^{-k^2}) has weight exactly e^0 P_t(2 q_i k_j)
+>= min P_t > 0 (t even). So a row's denominator cannot underflow, whatever the keys after
+it hold; a term that underflows is < e^{-87} (float32) of the dominant one (times the ratio
+of polynomial values). The sequence is cut into chunks of C tokens, and every scale a row
+uses is known at that row (so outputs before i are bit-identical whatever comes after i):
 
-* across chunks, the carried state (S_n, Z_n) at the scale r_c = m at the end of chunk c - 1
-  is rescaled by e^{rho_c - r_c} <= 1 (rho_c = m at the end of chunk c) when chunk c's sums,
-  taken at scale rho_c (every e^{rho_c - k_j^2} <= 1), are added: a loop over chunks on
-  (2 t + 2) x D numbers, exact.
-* inside a chunk, row i's sums are e^{m_i - r_c} (carried state) + e^{m_i - rho_c} (prefix
-  sum of the chunk at scale rho_c). The second factor is >= 1 and stays below e^{tau}
-  (tau = 20 in float32) unless the running minimum drops by more than tau inside the chunk
-  after row i; then the chunk's terms at scale rho_c could underflow. Such (chunk, channel)
-  blocks are rare (the running minimum only falls, by at most its first value in all) and
-  are recomputed exactly, pair by pair (C x C weights e^{m_i - k_j^2}, exponents <= 0),
-  forward and backward.
+* chunk c is computed at r_c = m at its *first* row. The state carried from chunk c - 1
+  (at rho_{c-1}, the running min at that chunk's end) is rescaled by e^{r_c - rho_{c-1}} <= 1,
+  and the state handed on is (carried + the chunk's sums) e^{rho_c - r_c}: a loop over
+  chunks on (2 t + 2) x D numbers.
+* inside the chunk, row i's sums are the carried state plus the chunk's prefix sums, both at
+  scale r_c, with key weights e^{r_c - k_j^2}: bounded by e^{tau} (tau = 20 in float32) as
+  long as the running minimum has not fallen more than tau below r_c by row i (a "safe"
+  row: its scale R_i = r_c is then within tau of its m_i, so nothing of weight that
+  matters underflows). Rows past such a drop ("unsafe": rare, as the running minimum only
+  falls, by at most its first value in all) and the state totals of their chunks are
+  computed exactly, pair by pair at R_i = m_i (C x C weights e^{m_i - k_j^2}, exponents
+  <= 0), forward and backward.
 
 Gradients: m is a constant (detached) scale; d y / d ref is 0 in exact arithmetic. No
 gradient flows into ``initial_state`` (it is treated as data, as in truncated BPTT).
