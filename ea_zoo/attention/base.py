@@ -173,6 +173,8 @@ class AttentionBase(nn.Module):
         B, L, _ = x.shape
         mask = self.prepare_mask(attn_mask, B, L)
         causal = self.causal if is_causal is None else bool(is_causal)
+        if L == 0:  # no token: an empty output, for every backend
+            return self.proj_drop(self.proj(self.norm(x)))
         q, k, v = self.project(x)
         if mask is not None and mask.dim() == 2:
             # padded positions never influence valid ones, even when they hold NaN/Inf
@@ -225,6 +227,8 @@ class AttentionBase(nn.Module):
         self._check_input(x)
         if state is None:
             state = self.init_state(x.shape[0])
+        if x.shape[1] == 0:  # no token: the state is unchanged
+            return self.proj_drop(self.proj(self.norm(x))), state
         q, k, v = self.project(x)
         o, state = self.attend_state(q, k, v, state)
         return self.merge_heads(o.to(v.dtype)), state

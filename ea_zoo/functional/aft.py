@@ -98,7 +98,10 @@ def aft_compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _no_autocast(device: torch.device):
-    """Disable autocast around the sums (it would run the matmuls in half precision)."""
+    """Disable autocast around the sums (it would run the matmuls in half precision).
+    Devices without autocast (``meta``) need nothing."""
+    if device.type == "meta":
+        return contextlib.nullcontext()
     if torch.is_autocast_enabled(device.type):
         return torch.autocast(device.type, enabled=False)
     return contextlib.nullcontext()

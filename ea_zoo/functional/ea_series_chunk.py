@@ -160,6 +160,9 @@ def _parallel_forward(q, k, v, km, order):
     """y (accumulation dtype), the sums SZ (2, t+1, ..., 1, C) and the scale r (..., 1, C)."""
     cd = _cd(q)
     qc, kc, vc = q.to(cd), k.to(cd), v.to(cd)
+    if kc.shape[-2] == 0:  # no key: every output is 0 (as for a fully padded row)
+        SZ = qc.new_zeros((2, order + 1) + kc.shape[:-2] + (1, kc.shape[-1]))
+        return torch.zeros_like(qc), SZ, qc.new_zeros(kc.shape[:-2] + (1, kc.shape[-1]))
     width = int(math.prod(qc.shape[:-2])) * qc.shape[-1]
     k2_all = kc * kc if km is None else torch.where(km, kc * kc, torch.full((), float("inf"), dtype=cd))
     r = k2_all.amin(-2, keepdim=True)
@@ -315,7 +318,7 @@ class _Block:
             return
         self.unsafe_row = fin_m & ~(fin_r & (self.m >= self.r - tau))
         unsafe_blk = self.unsafe_row[-1]  # (..., N, D); m only falls: the last row is the worst
-        if bool(unsafe_blk.any()):
+        if unsafe_blk.device.type != "meta" and bool(unsafe_blk.any()):  # meta: shapes only
             self.idx = unsafe_blk.nonzero(as_tuple=True)
             self.cidx = (slice(None),) + self.idx  # rows of the unsafe chunks: (C, U)
             g = lambda t: t[self.cidx].T  # noqa: E731  (U, C)

@@ -250,6 +250,29 @@ def test_nan_in_padded_position_has_no_influence(name, causal):
     torch.testing.assert_close(y2[mask], y[mask], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_empty_sequence_gives_an_empty_output(name, causal):
+    m = make(name, causal, dtype=torch.float32)
+    y = m(torch.randn(2, 0, D))
+    assert y.shape == (2, 0, D)
+    if causal:
+        y, state = m.prefill(torch.randn(2, 0, D))
+        assert y.shape == (2, 0, D)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_builds_and_runs_on_the_meta_device(name, causal):
+    kw = {"max_len": 64} if name in ("aft_full", "aft_local") else {}
+    with torch.device("meta"):
+        m = create_attention(name, dim=D, num_heads=H, causal=causal, **kw)
+        x = torch.randn(2, 9, D)
+        for mask in (None, torch.ones(2, 9, dtype=torch.bool)):
+            y = m(x, attn_mask=mask)
+            assert y.device.type == "meta" and y.shape == x.shape
+
+
 # ------------------------------------------------------------------ bad input
 def test_unknown_name_lists_valid_names():
     with pytest.raises(ValueError, match="valid names: .*ea6"):
