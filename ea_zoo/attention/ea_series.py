@@ -4,8 +4,6 @@ Aliases ``ea2``, ``ea4``, ``ea6``, ``ea8`` bind ``order``.
 """
 from __future__ import annotations
 
-import torch
-
 from ea_zoo.attention.base import State
 from ea_zoo.attention.ea import ElementwiseAttention
 from ea_zoo.functional.ea_series import check_order, ea_series, ea_series_init_state, ea_series_step

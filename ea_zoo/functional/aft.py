@@ -511,7 +511,7 @@ def aft_local(
             f"aft_local: band_bias must have shape (max_len, 2 * window - 1) = (max_len, {2 * window - 1}), "
             f"got {tuple(band_bias.shape)}"
         )
-    stateful = _check_stateful("aft_local", causal, initial_state, output_final_state)
+    _check_stateful("aft_local", causal, initial_state, output_final_state)
     L, Lk = q.shape[-2], k.shape[-2]
     if L != Lk:
         raise ValueError(f"aft_local: needs as many queries as keys, got Lq={L}, Lk={Lk}")

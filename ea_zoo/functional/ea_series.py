@@ -49,7 +49,7 @@ import torch
 
 from ea_zoo.functional.checks import check_qkv, expand_key_mask
 from ea_zoo.functional.ea_series_chunk import DEFAULT_CHUNK_SIZE, ea_series_chunk, ea_series_parallel
-from ea_zoo.functional.numerics import compute_dtype, safe_ratio
+from ea_zoo.functional.numerics import safe_ratio
 
 __all__ = [
     "check_order",

@@ -45,7 +45,7 @@ gradient flows into ``initial_state`` (it is treated as data, as in truncated BP
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import torch
 
