@@ -84,15 +84,16 @@ def check_prefill_and_step(m, D, L=23, seeds=(0, 1), scale=2.0):
         state = st_step
 
 
-def check_future_invariance(attend, H, d, dtype, scale):
-    """attend(q, k, v) on heads (B, H, L, d): keys/values at positions >= i never change the
-    outputs < i (exactly in float64, to 1e-6 relative in float32), with key offsets up to 30."""
-    B, L = 2, 24
+def check_future_invariance(attend, H, d, dtype, scale, L=24, cuts=(1, 7, 16, 23)):
+    """attend(q, k, v) on heads (B, H, L, d): keys/values at positions >= i (i in ``cuts``)
+    never change the outputs < i (exactly in float64, to 1e-6 relative in float32), with key
+    offsets up to 30."""
+    B = 2
     for offset in (0.0, 30.0):
         q, k, v = (scale * torch.randn(B, H, L, d, dtype=dtype) for _ in range(3))
         k = k + offset
         out = attend(q, k, v)
-        for i in (1, 7, 16, 23):
+        for i in cuts:
             k2, v2 = k.clone(), v.clone()
             k2[:, :, i:] = scale * torch.randn_like(k2[:, :, i:]) + offset + 5 * scale
             v2[:, :, i:] = 3 * scale * torch.randn_like(v2[:, :, i:])

@@ -13,7 +13,7 @@ from ea_zoo.functional.aft import (
     aft_step,
     init_aft_state,
 )
-from ea_zoo.testing import SCALES, random_pieces
+from ea_zoo.testing import SCALES, check_future_invariance, random_pieces
 
 # the submodule (``ea_zoo.functional.aft`` as an attribute is the function, star-imported)
 aft_mod = importlib.import_module("ea_zoo.functional.aft")
@@ -412,21 +412,7 @@ def test_future_keys_never_change_past_outputs(kind, dtype, scale):
     """Changing keys/values at positions >= i leaves outputs < i unchanged: exactly in
     float64, to 1e-6 relative in float32, with key offsets up to 30. (The old causal AFT-simple
     shifted k by its max over ALL keys and AFT-full scaled by the global max of k.)"""
-    op = OPS[kind][0]
-    B, H, L, d = 2, 2, 40, 4
-    for offset in (0.0, 30.0):
-        q, k, v = (scale * torch.randn(B, H, L, d, dtype=dtype) for _ in range(3))
-        k = k + offset
-        out = op(q, k, v)
-        for i in (1, 9, 23, 39):
-            k2, v2 = k.clone(), v.clone()
-            k2[:, :, i:] = scale * torch.randn_like(k2[:, :, i:]) + offset + 5 * scale
-            v2[:, :, i:] = 3 * scale * torch.randn_like(v2[:, :, i:])
-            out2 = op(q, k2, v2)
-            if dtype == torch.float64:
-                assert torch.equal(out2[:, :, :i], out[:, :, :i]), (offset, i)
-            else:
-                assert rel_err(out2[:, :, :i], out[:, :, :i]) <= 1e-6, (offset, i)
+    check_future_invariance(OPS[kind][0], 2, 4, dtype, scale, L=40, cuts=(1, 9, 23, 39))
 
 
 @pytest.mark.parametrize("kind", list(OPS))
