@@ -36,6 +36,7 @@ import timm
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from timm.models.vision_transformer import VisionTransformer
 
+from ea_zoo.configs import config_dir
 from ea_zoo.models.binding import CONSTRUCTOR_ARGS, normalize_attention
 from ea_zoo.models.sequence import SequenceTransformer
 from ea_zoo.models.vit import VIT_BACKENDS, VIT_MODEL_NAMES, create_timm_model
@@ -185,14 +186,6 @@ _TIMM_FACTORY_KEYS = (
     "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir", "scriptable",
     "exportable", "no_jit", "features_only", "out_indices", "feature_cls", "pretrained_strict",
 )
-
-
-def config_dir() -> Path:
-    """The ``configs/`` folder: ``$EA_ZOO_CONFIG_DIR`` or the repository's ``configs/``."""
-    env = os.environ.get("EA_ZOO_CONFIG_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "configs"
 
 
 def _is_vit(name: str) -> bool:

@@ -45,9 +45,11 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from omegaconf import DictConfig, OmegaConf
 
+from ea_zoo.configs import config_dir
+
 __all__ = ["DEFAULTS", "load_experiment", "train", "add_arguments", "run", "state_dict_hash", "CONFIG_DIR"]
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = config_dir()
 
 DEFAULTS: Dict[str, Any] = {
     "name": "experiment",
