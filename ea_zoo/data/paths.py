@@ -32,19 +32,33 @@ _REPO_ROOT = Path(__file__).resolve().parents[2]
 class DataNotFoundError(FileNotFoundError):
     """A dataset's files are not under the data root.
 
-    The message names every expected path, the data root and how it was chosen, and how
-    to get the files (``download=True`` where the dataset has a public source).
+    The message names every expected path, the data root actually used and how it was
+    chosen (given explicitly / ``$EA_ZOO_DATA`` / a default), and how to get the files
+    (``download=True`` where the dataset has a public source). Its second line is always the
+    first ``expected: <path>``.
+
+    Args:
+        dataset: the dataset name.
+        missing: the expected paths that are not there.
+        root: the data root used (resolved); None when the paths were given directly.
+        hint: an extra last line.
+        root_source: how ``root`` was chosen; default: inferred with :func:`describe_resolved_root`.
     """
 
-    def __init__(self, dataset: str, missing: Sequence[Path], root: Path, hint: str = "") -> None:
+    def __init__(self, dataset: str, missing: Sequence[Path], root: Optional[Path], hint: str = "",
+                 root_source: Optional[str] = None) -> None:
         self.dataset = dataset
         self.missing = [Path(p) for p in missing]
-        self.root = Path(root)
-        lines = [
-            f"dataset {dataset!r}: file(s) not found under data root {self.root} ({describe_root_source()}):",
-            *[f"  expected: {p}" for p in self.missing],
-            f"Set the data root with the config key data.root or the env variable {ENV_VAR}.",
-        ]
+        self.root = None if root is None else Path(root)
+        if self.root is None:
+            self.root_source = root_source or "path given explicitly"
+            head = f"dataset {dataset!r}: file(s) not found ({self.root_source}):"
+        else:
+            self.root_source = root_source or describe_resolved_root(self.root)
+            head = f"dataset {dataset!r}: file(s) not found under data root {self.root} ({self.root_source}):"
+        lines = [head, *[f"  expected: {p}" for p in self.missing]]
+        if self.root is not None:
+            lines.append(f"Set the data root with the config key data.root or the env variable {ENV_VAR}.")
         if hint:
             lines.append(hint)
         super().__init__("\n".join(lines))
@@ -56,14 +70,24 @@ def default_roots() -> list:
 
 
 def describe_root_source(root: Optional[PathLike] = None) -> str:
-    if root:
+    """How :func:`data_root` chooses the root for the argument ``root`` (None: the implicit chain)."""
+    if root not in (None, ""):
         return "given explicitly"
     if os.environ.get(ENV_VAR):
         return f"from ${ENV_VAR}"
     for cand in default_roots():
         if cand.is_dir():
-            return "default ../shared/data"
-    return "default ~/.cache/ea_zoo/data"
+            return f"default {cand.resolve()}"
+    return f"default {(CACHE_DIR / 'data').resolve()}"
+
+
+def describe_resolved_root(resolved: PathLike) -> str:
+    """How an already resolved root was (most likely) chosen: the implicit source that yields
+    exactly this path (``$EA_ZOO_DATA``, else the first default), otherwise "given explicitly"."""
+    resolved = Path(resolved).resolve()
+    if resolved == data_root(None):
+        return describe_root_source(None)
+    return "given explicitly"
 
 
 def data_root(root: Optional[PathLike] = None) -> Path:

@@ -17,6 +17,16 @@ Reading (:func:`read_ts`):
   an all-missing channel becomes 0;
 * labels are mapped to ints by their order on the ``@classLabel`` line.
 
+Validation: a bad file raises :class:`~ea_zoo.data.errors.DataError` (a ``ValueError`` with a
+one-line message naming the file, line, dimension/value position, the bad value and what was
+expected) while reading, before any dataset is built: a non-numeric or non-finite value
+(``inf``, ``nan``; ``?`` is the missing-value marker and stays allowed), a case whose number of
+dimensions differs from ``@dimensions`` or from the file's first case, TRAIN and TEST files
+with different channel counts, a file with no cases (header only), a case with no values or
+without its label, a label not among the classes, an unlabelled file. Variable-length cases
+(``@equalLength false``) and dimensions of different lengths within a case stay allowed.
+:func:`describe_uea` returns a dataset's sizes (channels, classes, lengths, cases).
+
 Splits and normalisation (:func:`load_uea`), following the Time-Series-Library (TSL)
 classification pipeline where it is sound and saying so where we differ:
 
@@ -45,7 +55,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ea_zoo.data.download import ensure_dataset
+from ea_zoo.data.download import ensure_dataset, uea_source
+from ea_zoo.data.errors import DataError, check_positive_int
 
 __all__ = [
     "TSFile",
@@ -56,6 +67,7 @@ __all__ = [
     "load_uea",
     "stratified_split",
     "uea_paths",
+    "describe_uea",
     "UEA_TABLE3",
 ]
 
@@ -87,6 +99,8 @@ class TSFile:
     times: List[np.ndarray]
     labels: List[str]
     class_labels: List[str] = field(default_factory=list)
+    path: Optional[Path] = None
+    case_lines: List[int] = field(default_factory=list)
 
     @property
     def num_cases(self) -> int:
@@ -101,17 +115,32 @@ class TSFile:
         return np.array([s.shape[0] for s in self.series], dtype=np.int64)
 
     def label_ids(self, class_labels: Optional[Sequence[str]] = None) -> np.ndarray:
-        """Labels as ints by the order of ``class_labels`` (default: this file's ``@classLabel``)."""
+        """Labels as ints by the order of ``class_labels`` (default: this file's ``@classLabel``).
+
+        Raises :class:`DataError` (file and line) for a label not in ``class_labels``."""
         order = list(class_labels if class_labels is not None else self.class_labels)
         index = {c: i for i, c in enumerate(order)}
-        try:
-            return np.array([index[l] for l in self.labels], dtype=np.int64)
-        except KeyError as e:
-            raise ValueError(f"label {e.args[0]!r} not declared on @classLabel ({order})") from None
+        out = np.empty(len(self.labels), dtype=np.int64)
+        for k, lab in enumerate(self.labels):
+            i = index.get(lab)
+            if i is None:
+                line = self.case_lines[k] if k < len(self.case_lines) else None
+                raise DataError(self.path or "<.ts file>", "undeclared class label", line=line, column="label",
+                                value=lab, expected=f"one of {_list(order)}")
+            out[k] = i
+        return out
 
 
-def _parse_header_line(line: str, header: Dict[str, Any]) -> None:
+def _list(items: Sequence[Any], n: int = 10) -> str:
+    items = [str(i) for i in items]
+    return ", ".join(items[:n]) + (f", ... ({len(items)} in all)" if len(items) > n else "")
+
+
+def _parse_header_line(line: str, header: Dict[str, Any], path: Path, lineno: int) -> None:
     parts = line[1:].split()
+    if not parts:
+        raise DataError(path, "empty header keyword", line=lineno, value=line,
+                        expected="'@<keyword> <value>' such as '@dimensions 3'")
     key = parts[0].lower()
     vals = parts[1:]
     if key == "classlabel":
@@ -128,40 +157,92 @@ def _parse_header_line(line: str, header: Dict[str, Any]) -> None:
         header[key] = " ".join(vals)
 
 
-def _parse_values(text: str) -> np.ndarray:
+_EXPECT_VALUE = "a finite number or '?' (missing)"
+
+
+def _bad_value(path: Path, lineno: int, dim: int, pos: int, token: str, problem: str) -> DataError:
+    return DataError(path, problem, line=lineno, column=f"dimension {dim}, value {pos}", value=token.strip(),
+                     expected=_EXPECT_VALUE)
+
+
+def _parse_values(text: str, path: Path, lineno: int, dim: int) -> np.ndarray:
+    """Comma-separated values of one dimension; ``?`` -> NaN; anything else non-finite or
+    non-numeric raises :class:`DataError` (``dim`` is 1-based, for the message)."""
     text = text.strip()
     if not text:
         return np.empty(0)
-    if "?" in text:
-        text = text.replace("?", "nan")
-    return np.array(text.split(","), dtype=np.float64)
+    tokens = text.split(",")
+    try:
+        v = np.array([t if t.strip() != "?" else "nan" for t in tokens] if "?" in text else tokens, dtype=np.float64)
+    except ValueError:  # find the culprit (and accept what Python's float() reads)
+        v = np.empty(len(tokens))
+        for i, t in enumerate(tokens):
+            if t.strip() == "?":
+                v[i] = np.nan
+                continue
+            try:
+                v[i] = float(t)
+            except ValueError:
+                raise _bad_value(path, lineno, dim, i + 1, t, "not a number") from None
+    if not np.isfinite(v).all():
+        for i in np.flatnonzero(~np.isfinite(v)):
+            if tokens[i].strip() != "?":
+                raise _bad_value(path, lineno, dim, int(i) + 1, tokens[i], "not a finite number")
+    return v
 
 
-def _parse_timestamped(text: str) -> Tuple[np.ndarray, np.ndarray]:
-    """``(t1,v1),(t2,v2),...`` -> (times, values); timestamps must be numeric."""
+def _parse_timestamped(text: str, path: Path, lineno: int, dim: int) -> Tuple[np.ndarray, np.ndarray]:
+    """``(t1,v1),(t2,v2),...`` -> (times, values); timestamps must be numeric and finite."""
     text = text.strip()
     if not text:
         return np.empty(0), np.empty(0)
     pairs = [p.strip(" ,") for p in text.strip("()").split("),(")]
     ts, vs = [], []
-    for p in pairs:
+    for pos, p in enumerate(pairs, 1):
+        if "," not in p:
+            raise DataError(path, "malformed timestamped value", line=lineno, column=f"dimension {dim}, value {pos}",
+                            value=p, expected="'(timestamp,value)'")
         t, v = p.rsplit(",", 1)
         try:
-            ts.append(float(t))
+            tf = float(t)
         except ValueError:
-            raise ValueError(f"non-numeric timestamp {t!r}: only numeric @timeStamps are supported") from None
-        vs.append(float("nan") if v.strip() == "?" else float(v))
+            raise DataError(path, "non-numeric timestamp", line=lineno, column=f"dimension {dim}, value {pos}",
+                            value=t.strip(), expected="a numeric timestamp (only numeric @timeStamps are supported)"
+                            ) from None
+        if not np.isfinite(tf):
+            raise DataError(path, "not a finite timestamp", line=lineno, column=f"dimension {dim}, value {pos}",
+                            value=t.strip(), expected="a finite numeric timestamp")
+        ts.append(tf)
+        if v.strip() == "?":
+            vs.append(float("nan"))
+            continue
+        try:
+            vf = float(v)
+        except ValueError:
+            raise _bad_value(path, lineno, dim, pos, v, "not a number") from None
+        if not np.isfinite(vf):
+            raise _bad_value(path, lineno, dim, pos, v, "not a finite number")
+        vs.append(vf)
     return np.array(ts), np.array(vs)
 
 
 def read_ts(path) -> TSFile:
-    """Parse a UEA/sktime ``.ts`` file (see the module docstring)."""
+    """Parse a UEA/sktime ``.ts`` file (see the module docstring).
+
+    Raises :class:`DataError` (file, line, dimension and value) for a non-numeric or
+    non-finite value (``?`` is the only missing-value marker), a case whose number of
+    dimensions differs from ``@dimensions`` or from the file's first case, a case with no
+    values or no label where labels are declared, a missing ``@data`` section, and a file with
+    no cases.
+    """
     path = Path(path)
     header: Dict[str, Any] = {}
     series: List[np.ndarray] = []
     times: List[np.ndarray] = []
     labels: List[str] = []
+    case_lines: List[int] = []
     in_data = False
+    first_dims: Optional[Tuple[int, int]] = None  # (n_dims, line) of the first case
     with open(path, "r", encoding="utf-8", errors="replace") as f:
         for lineno, raw in enumerate(f, 1):
             line = raw.strip()
@@ -169,41 +250,59 @@ def read_ts(path) -> TSFile:
                 continue
             if not in_data:
                 if not line.startswith("@"):
-                    raise ValueError(f"{path}:{lineno}: expected a header line (@...) before @data")
+                    raise DataError(path, "data before @data", line=lineno, value=line,
+                                    expected="a header line (@...) or @data")
                 if line.lower().startswith("@data"):
                     in_data = True
                     continue
-                _parse_header_line(line, header)
+                _parse_header_line(line, header, path, lineno)
                 continue
             has_label = header.get("classlabel", False) or header.get("targetlabel", False)
             stamped = header.get("timestamps", False)
             fields = line.split(":")
             if has_label:
+                if len(fields) < 2:
+                    raise DataError(path, "case without a label", line=lineno, value=line,
+                                    expected="'<dim 1>:<dim 2>:...:<label>' (the header declares class labels)")
                 fields, lab = fields[:-1], fields[-1].strip()
                 labels.append(lab)
             dims_t, dims_v = [], []
-            for fld in fields:
+            for d, fld in enumerate(fields, 1):
                 if stamped:
-                    t, v = _parse_timestamped(fld)
+                    t, v = _parse_timestamped(fld, path, lineno, d)
                 else:
-                    v = _parse_values(fld)
+                    v = _parse_values(fld, path, lineno, d)
                     t = np.arange(len(v), dtype=np.float64)
                 dims_t.append(t)
                 dims_v.append(v)
             n_dims = header.get("dimensions")
             if isinstance(n_dims, int) and len(dims_v) != n_dims:
-                raise ValueError(f"{path}:{lineno}: {len(dims_v)} dimensions, header says {n_dims}")
+                raise DataError(path, "wrong number of dimensions (channels) in a case", line=lineno,
+                                value=len(dims_v), expected=f"{n_dims} as declared by @dimensions")
+            if first_dims is None:
+                first_dims = (len(dims_v), lineno)
+            elif len(dims_v) != first_dims[0]:
+                raise DataError(path, "inconsistent number of dimensions (channels) between cases", line=lineno,
+                                value=len(dims_v), expected=f"{first_dims[0]} as the first case (line {first_dims[1]})")
             L = max(len(v) for v in dims_v)
+            if L == 0:
+                raise DataError(path, "case with no values", line=lineno, value=line,
+                                expected="at least one value per case")
             arr = np.full((L, len(dims_v)), np.nan)
             for j, v in enumerate(dims_v):
                 arr[: len(v), j] = v
             longest = int(np.argmax([len(v) for v in dims_v]))
             series.append(arr)
             times.append(dims_t[longest].astype(np.float64))
+            case_lines.append(lineno)
     if not in_data:
-        raise ValueError(f"{path}: no @data section")
+        raise DataError(path, "no @data section", expected="a header ending in '@data', then one line per case")
+    if not series:
+        raise DataError(path, "no cases after @data (header only)",
+                        expected="at least one case line after @data")
     class_labels = list(header.get("class_labels", []))
-    return TSFile(header=header, series=series, times=times, labels=labels, class_labels=class_labels)
+    return TSFile(header=header, series=series, times=times, labels=labels, class_labels=class_labels,
+                  path=path, case_lines=case_lines)
 
 
 def fill_missing(x: np.ndarray) -> np.ndarray:
@@ -299,16 +398,62 @@ class UEASplits:
 
 
 def uea_paths(name: str, root=None, download: bool = False) -> Tuple[Path, Path]:
-    """(TRAIN, TEST) ``.ts`` paths of archive dataset ``name``; raises DataNotFoundError when
-    missing (naming both expected paths) unless ``download=True``."""
-    paths = ensure_dataset(name, root=root, download=download)
+    """(TRAIN, TEST) ``.ts`` paths of archive dataset ``name`` (any archive name, or a Table 3
+    short name); raises DataNotFoundError when missing (naming both expected paths and the data
+    root used) unless ``download=True``."""
+    name = UEA_TABLE3.get(name, name)
+    paths = ensure_dataset(name, root=root, download=download, source=uea_source(name))
     return paths[f"UEA/{name}/{name}_TRAIN.ts"], paths[f"UEA/{name}/{name}_TEST.ts"]
+
+
+def _check_labelled(f: TSFile) -> None:
+    if len(f.labels) != f.num_cases:
+        raise DataError(f.path, "no class labels", value=f"@classLabel {f.header.get('classlabel', 'missing')}",
+                        expected="'@classLabel true <labels...>' and a label ending each case")
+
+
+def _read_pair(name: str, root=None, download: bool = False):
+    """Read and cross-check the TRAIN and TEST files: (name, tr, te, classes)."""
+    name = UEA_TABLE3.get(name, name)
+    train_path, test_path = uea_paths(name, root, download)
+    tr, te = read_ts(train_path), read_ts(test_path)
+    _check_labelled(tr)
+    _check_labelled(te)
+    if te.num_channels != tr.num_channels:
+        raise DataError(test_path, "channel count differs between TRAIN and TEST", line=te.case_lines[0],
+                        value=te.num_channels, expected=f"{tr.num_channels} channels as in {train_path}")
+    classes = tr.class_labels or sorted(set(tr.labels) | set(te.labels))
+    return name, tr, te, classes
+
+
+def describe_uea(name: str, root=None, download: bool = False) -> Dict[str, Any]:
+    """What a model needs to know about a UEA dataset, read (and validated) from its files.
+
+    Returns ``dict(name, n_channels, n_classes, class_labels, max_len, min_len, n_train, n_test,
+    train_file, test_file)`` (``max_len``: the longest case of TRAIN and TEST, the default
+    padding length of :func:`load_uea`). Raises DataNotFoundError / :class:`DataError` as
+    :func:`load_uea`.
+    """
+    name, tr, te, classes = _read_pair(name, root, download)
+    tr.label_ids(classes)
+    te.label_ids(classes)
+    return {
+        "name": name, "n_channels": tr.num_channels, "n_classes": len(classes), "class_labels": list(classes),
+        "max_len": int(max(tr.lengths.max(), te.lengths.max())),
+        "min_len": int(min(tr.lengths.min(), te.lengths.min())),
+        "n_train": tr.num_cases, "n_test": te.num_cases, "train_file": str(tr.path), "test_file": str(te.path),
+    }
 
 
 def load_uea(name: str, root=None, download: bool = False, val_source: str = "train",
              val_fraction: float = 0.2, val_seed: int = 0, normalize: str = "per_split",
              max_len: Optional[int] = None) -> UEASplits:
-    """Read ``name`` (archive name or Table 3 short name) into train/val/test datasets.
+    """Read ``name`` (any archive name, or a Table 3 short name) into train/val/test datasets.
+
+    The number of channels and classes comes from the files (``num_channels``,
+    ``num_classes``). Bad files raise :class:`DataError` before anything is built: see
+    :func:`read_ts`, plus TRAIN and TEST with different channel counts, a TEST label not
+    among the classes, and unlabelled files.
 
     Args:
         name: archive name (``"JapaneseVowels"``) or short name (``"JAP"``, ``"SCP1"``, ...).
@@ -317,22 +462,24 @@ def load_uea(name: str, root=None, download: bool = False, val_source: str = "tr
         val_source: ``"train"`` (a stratified ``val_fraction`` of TRAIN, seed ``val_seed``)
             or ``"test"`` (TSL: validation = test = the TEST file).
         normalize: ``"per_split"`` (TSL), ``"train"`` or ``"none"`` (module docstring).
-        max_len: pad/crop length; default the longest case in TRAIN and TEST.
+        max_len: pad/crop length (>= 1); default the longest case in TRAIN and TEST.
     """
-    name = UEA_TABLE3.get(name, name)
-    train_path, test_path = uea_paths(name, root, download)
-    tr, te = read_ts(train_path), read_ts(test_path)
-    classes = tr.class_labels or sorted(set(tr.labels) | set(te.labels))
+    if val_source not in ("train", "test"):
+        raise ValueError(f"val_source must be 'train' or 'test', got {val_source!r}")
+    if normalize not in ("per_split", "train", "none"):
+        raise ValueError(f"normalize must be 'per_split', 'train' or 'none', got {normalize!r}")
+    name, tr, te, classes = _read_pair(name, root, download)
+    train_path, test_path = tr.path, te.path
+    if max_len is not None:
+        max_len = check_positive_int("max_len", max_len, train_path)
     y_tr, y_te = tr.label_ids(classes), te.label_ids(classes)
     x_tr = [fill_missing(s) for s in tr.series]
     x_te = [fill_missing(s) for s in te.series]
     t_tr, t_te = tr.times, te.times
     if val_source == "train":
         keep, held = stratified_split(y_tr, val_fraction, val_seed)
-    elif val_source == "test":
+    else:  # "test"
         keep, held = np.arange(len(y_tr)), np.empty(0, dtype=np.int64)
-    else:
-        raise ValueError(f"val_source must be 'train' or 'test', got {val_source!r}")
 
     if normalize == "per_split":
         m_tr, s_tr = _stats(x_tr)  # the TRAIN file's statistics (train + carved validation)
@@ -340,12 +487,10 @@ def load_uea(name: str, root=None, download: bool = False, val_source: str = "tr
     elif normalize == "train":
         m_tr, s_tr = _stats([x_tr[i] for i in keep])
         m_te, s_te = m_tr, s_tr
-    elif normalize == "none":
+    else:  # "none"
         C = x_tr[0].shape[1]
         m_tr = m_te = np.zeros(C)
         s_tr = s_te = np.ones(C)
-    else:
-        raise ValueError(f"normalize must be 'per_split', 'train' or 'none', got {normalize!r}")
     eps = np.finfo(float).eps
     x_tr = [(s - m_tr) / (s_tr + eps) for s in x_tr]
     x_te = [(s - m_te) / (s_te + eps) for s in x_te]
