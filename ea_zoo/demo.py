@@ -15,32 +15,26 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import time
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
 __all__ = ["accuracy_table", "add_arguments", "run"]
 
-_LENGTH_OPTIONS = ("max_len", "max_seq_len", "max_length", "seq_len")
 
+def _build(spec: Any, dim: int, heads: int, causal: bool, max_len: int):
+    from ea_zoo.registry import parse_attention
 
-def _build(name: str, dim: int, heads: int, causal: bool, max_len: int):
-    from ea_zoo.registry import attention_options, create_attention, resolve_attention
-
-    cls, _ = resolve_attention(name)
-    opts = {k: max_len for k in _LENGTH_OPTIONS if k in attention_options(cls)}
-    torch.manual_seed(0)
-    return create_attention(name, dim=dim, num_heads=heads, causal=causal, **opts).eval()
+    torch.manual_seed(0)  # a length option (AFT's max_len) is the length checked
+    return parse_attention(spec).with_length(max_len).build(dim, heads, causal=causal).eval()
 
 
 def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max())
 
 
-def check_backend(name: str, length: int, dim: int = 64, heads: int = 4, batch: int = 2) -> Dict[str, Any]:
+def check_backend(name: Any, length: int, dim: int = 64, heads: int = 4, batch: int = 2) -> Dict[str, Any]:
     """float32 vs float64 of one backend at one length: output and input-gradient errors."""
     m32 = _build(name, dim, heads, False, length)
     m64 = copy.deepcopy(m32).double()
@@ -61,7 +55,7 @@ def check_backend(name: str, length: int, dim: int = 64, heads: int = 4, batch: 
         yc64 = m64(x64.detach(), is_causal=True)
     scale = float(y64.detach().abs().max())
     return {
-        "backend": name, "L": length, "D": dim, "H": heads, "B": batch,
+        "backend": str(name), "L": length, "D": dim, "H": heads, "B": batch,
         "out_err": _max_abs(y32.detach(), y64.detach()),
         "out_rel_err": _max_abs(y32.detach(), y64.detach()) / max(scale, 1e-30),
         "causal_out_err": _max_abs(yc32, yc64),
@@ -78,13 +72,13 @@ def accuracy_table(lengths: Sequence[int], dim: int = 64, heads: int = 4, batch:
     """:func:`check_backend` for every registered backend (aliases included) and length."""
     from tqdm.auto import tqdm
 
-    from ea_zoo.registry import list_attentions
+    from ea_zoo.registry import list_attentions, parse_attention
 
-    names = list(names) if names else list_attentions()
-    jobs = [(n, L) for n in names for L in lengths]
+    specs = [parse_attention(n) for n in (names or list_attentions())]
+    jobs = [(s, L) for s in specs for L in lengths]
     rows = []
-    for n, L in tqdm(jobs, desc="backends fp32 vs fp64", disable=quiet, leave=False, dynamic_ncols=True):
-        rows.append(check_backend(n, L, dim, heads, batch))
+    for s, L in tqdm(jobs, desc="backends fp32 vs fp64", disable=quiet, leave=False, dynamic_ncols=True):
+        rows.append(check_backend(s, L, dim, heads, batch))
     return rows
 
 
@@ -100,11 +94,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ea_zoo.analysis import complexity, report
+    from ea_zoo.analysis.common import parse_ints
     from ea_zoo.analysis.speed import cpu_threads
 
     out = report.prepare_out(args.out)
     tiny = args.preset == "tiny"
-    lengths = ([int(v) for v in args.lengths.split(",")] if args.lengths else ([8, 16] if tiny else [16, 128, 512]))
+    lengths = parse_ints(args.lengths, "--lengths") or ([8, 16] if tiny else [16, 128, 512])
     dim, heads = (16, 2) if tiny else (64, 4)
     t0 = time.perf_counter()
     with cpu_threads(args.threads):

@@ -8,7 +8,13 @@
 * :mod:`ea_zoo.analysis.infer_cost` -- ``ea-zoo infer-cost``: Figure 5 (decoding memory and
   latency) of the causal LM.
 
-Helpers: :mod:`~ea_zoo.analysis.flops` (fvcore FLOP counting with handles for every op the
+Every tool takes ``--backends`` as registered names, options (``name:key=val``), a forced SDPA
+kernel (``sa[math]``) or a per-layer hybrid label (``ea6+sa@1``, measured as the whole model:
+FLOPs, memory and decoding state summed over its layers); bad values are one-line
+ValueErrors raised before any work (:mod:`~ea_zoo.analysis.common`).
+
+Helpers: :mod:`~ea_zoo.analysis.common` (backend columns, argument checks),
+:mod:`~ea_zoo.analysis.flops` (fvcore FLOP counting with handles for every op the
 backends use), :mod:`~ea_zoo.analysis.memory` (saved activations, live-tensor / CUDA peaks,
 state bytes), :mod:`~ea_zoo.analysis.speed` (timing, CPU threads), :mod:`~ea_zoo.analysis.fit`
 (log-log slopes), :mod:`~ea_zoo.analysis.plots`, :mod:`~ea_zoo.analysis.report` (JSON/CSV/

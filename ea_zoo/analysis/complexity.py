@@ -27,20 +27,19 @@ Outputs (``--out``): ``complexity.json`` (environment, config, every point, fits
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import re
-import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from collections.abc import Mapping as _MappingABC
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from ea_zoo.analysis import report
+from ea_zoo.analysis import common, report
+from ea_zoo.analysis.common import BackendSpec, parse_backend, sdpa_context
 from ea_zoo.analysis.fit import linear_fit, tail_slope
 from ea_zoo.analysis.flops import FLOP_CONVENTION, count_flops
 from ea_zoo.analysis.memory import (
@@ -51,11 +50,16 @@ from ea_zoo.analysis.memory import (
     tensor_bytes,
     tensor_numel,
 )
-from ea_zoo.analysis.speed import add_threads_argument, cpu_threads, time_call
+from ea_zoo.analysis.speed import time_call
+from ea_zoo.registry import get_attention_cls, list_attentions
 
 __all__ = [
     "CLAIMS",
+    "TABLE1_EQUATIONS",
+    "IMPLEMENTATION_CLAIMS",
+    "claim_key",
     "PRESETS",
+    "LayerStack",
     "BackendSpec",
     "parse_backend",
     "default_backends",
@@ -110,18 +114,54 @@ CLAIMS: Dict[str, ClaimRow] = {
                    Claim("O(L^2 D)", 2, 1), Claim("O(LD)", 1, 1), Claim("O(LD)", 1, 1)),
 }
 
-#: registered backend name -> claim row
-BACKEND_CLAIM: Dict[str, str] = {
-    "sa": "SA",
-    "la": "LA",
-    "hedgehog": "Hedgehog",
-    "taylor": "Taylor",
-    "aft_full": "AFT",
-    "aft_simple": "AFT-simple",
-    "aft_local": "AFT-local",
-    "ea": "EA",
-    "ea_series": "EA-series",
+#: Table 1 row of each equation of Feng 2025: a backend whose ``paper_equation`` starts with
+#: one of these is measured against that row
+TABLE1_EQUATIONS: Dict[str, str] = {"17": "SA", "18": "LA", "19": "AFT", "5-6": "EA-series"}
+
+#: backends whose implementation's complexity is not the Table 1 row of their equation (or that
+#: Table 1 does not list): backend name -> CLAIMS key
+IMPLEMENTATION_CLAIMS: Dict[str, str] = {
+    "hedgehog": "Hedgehog", "taylor": "Taylor", "aft_simple": "AFT-simple", "aft_local": "AFT-local", "ea": "EA",
 }
+
+
+def claim_key(backend: str) -> Optional[str]:
+    """The CLAIMS row a registered backend (or alias) is measured against: its implementation
+    claim, else the Table 1 row of its ``paper_equation``, else None (no claim)."""
+    try:
+        cls = get_attention_cls(backend)
+    except (ValueError, TypeError):
+        return None
+    name = cls.attention_name
+    if name in IMPLEMENTATION_CLAIMS:
+        return IMPLEMENTATION_CLAIMS[name]
+    m = re.match(r"\s*([0-9]+(?:-[0-9]+)?)", getattr(cls, "paper_equation", "") or "")
+    return TABLE1_EQUATIONS.get(m.group(1)) if m else None
+
+
+class _BackendClaims(_MappingABC):
+    """registered backend name -> claim row, read from the registry at each use."""
+
+    def _table(self) -> Dict[str, str]:
+        out = {}
+        for n in list_attentions(include_aliases=False):
+            key = claim_key(n)
+            if key is not None:
+                out[n] = key
+        return out
+
+    def __getitem__(self, name: str) -> str:
+        return self._table()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+
+#: registered backend name -> claim row (a live view: see :func:`claim_key`)
+BACKEND_CLAIM = _BackendClaims()
 
 
 # ---------------------------------------------------------------------------- presets
@@ -146,113 +186,79 @@ DEFAULT_TOLERANCE = 0.25
 
 # ---------------------------------------------------------------------------- backends
 
-
-@dataclass
-class BackendSpec:
-    """One column of the measurement: a registered backend plus options.
-
-    ``label`` is what tables show; ``sdpa`` forces a scaled-dot-product kernel ("math",
-    "flash", "efficient", "cudnn") for backends that call SDPA.
-    """
-
-    label: str
-    name: str
-    options: Dict[str, Any] = field(default_factory=dict)
-    sdpa: Optional[str] = None
-
-    @property
-    def base_name(self) -> str:
-        from ea_zoo.registry import resolve_attention
-
-        cls, _ = resolve_attention(self.name)
-        return cls.attention_name
-
-    @property
-    def claim_key(self) -> Optional[str]:
-        return BACKEND_CLAIM.get(self.base_name)
-
-
-def _parse_value(s: str) -> Any:
-    for conv in (int, float):
-        try:
-            return conv(s)
-        except ValueError:
-            pass
-    if s.lower() in ("true", "false"):
-        return s.lower() == "true"
-    return s
-
-
-def parse_backend(text: str) -> BackendSpec:
-    """``name``, ``name[math]`` (force the SDPA math kernel) or ``name:key=val,key=val``."""
-    m = re.fullmatch(r"([A-Za-z0-9_]+)(?:\[(\w+)\])?(?::(.*))?", text.strip())
-    if not m:
-        raise ValueError(f"cannot parse backend spec {text!r}; use name, name[math] or name:key=value")
-    name, sdpa, opts = m.group(1), m.group(2), m.group(3)
-    options = {}
-    if opts:
-        for kv in opts.split(";"):
-            if not kv:
-                continue
-            k, _, v = kv.partition("=")
-            options[k.strip()] = _parse_value(v.strip())
-    from ea_zoo.registry import get_attention_cls
-
-    get_attention_cls(name)  # validates the name
-    return BackendSpec(label=text.strip(), name=name, options=options, sdpa=sdpa)
+#: how the paper shows some backends by default: EA-series at its orders 2 and 6, softmax
+#: attention also with the math SDPA kernel (the "no additional optimizations" softmax)
+PAPER_VARIANTS: Dict[str, Tuple[str, ...]] = {"ea_series": ("ea2", "ea6"), "sa": ("sa", "sa[math]")}
 
 
 def default_backends() -> List[BackendSpec]:
-    """Every registered backend; EA-series as EA-2 and EA-6 (the paper's); SA also with the
-    math SDPA kernel (the "no additional optimizations" softmax of the paper)."""
-    from ea_zoo.registry import list_attentions
-
-    names = list_attentions(include_aliases=False)
-    specs: List[BackendSpec] = []
-    for n in names:
-        if n == "ea_series":
-            specs += [BackendSpec("ea2", "ea2"), BackendSpec("ea6", "ea6")]
-        elif n == "sa":
-            specs += [BackendSpec("sa", "sa"), BackendSpec("sa[math]", "sa", sdpa="math")]
-        else:
-            specs.append(BackendSpec(n, n))
-    if "la_identity" in list_attentions():
-        specs.append(BackendSpec("la_identity", "la_identity"))
-    order = ["sa", "sa[math]", "la", "la_identity", "hedgehog", "taylor", "aft_full", "aft_simple",
-             "aft_local", "ea", "ea2", "ea6"]
-    specs.sort(key=lambda s: (order.index(s.label) if s.label in order else len(order), s.label))
-    return specs
+    """Every registered backend and alias (registry order), where :data:`PAPER_VARIANTS`
+    names how the paper shows a backend (EA-series as EA-2 and EA-6; SA also as sa[math])."""
+    labels: List[str] = []
+    for n in list_attentions():
+        base = get_attention_cls(n).attention_name
+        for lab in PAPER_VARIANTS.get(base, (n,)):
+            if lab not in labels:
+                labels.append(lab)
+    return [parse_backend(lab) for lab in labels]
 
 
-def _sdpa_context(kind: Optional[str]):
-    if kind is None:
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    table = {"math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION,
-             "efficient": SDPBackend.EFFICIENT_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
-    if kind not in table:
-        raise ValueError(f"unknown SDPA kernel {kind!r}; valid: {', '.join(table)}")
-    return sdpa_kernel(table[kind])
+_sdpa_context = sdpa_context  # the name train_cost / infer_cost used
 
 
-_LENGTH_OPTIONS = ("max_len", "max_seq_len", "max_length", "seq_len", "n_positions")
+class LayerStack(nn.Module):
+    """The attention layers of a per-layer spec measured as one model (the cost tools' view of
+    a hybrid): ``attend`` runs every layer's mixing on the same heads (outputs stacked, so
+    nothing is added), ``forward`` / ``step`` run the layers in sequence, the decoding state
+    is the list of the layers' states and ``state_numel`` their sum."""
+
+    def __init__(self, layers: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        first = self.layers[0]
+        self.dim, self.num_heads, self.head_dim = first.dim, first.num_heads, first.head_dim
+        self.supports_step = all(getattr(m, "supports_step", False) for m in self.layers)
+        self.recurrent = all(getattr(m, "recurrent", False) for m in self.layers)
+
+    def project(self, x):
+        return self.layers[0].project(x)
+
+    def attend(self, q, k, v, key_padding_mask, causal):
+        return torch.stack([m.attend(q, k, v, key_padding_mask, causal) for m in self.layers])
+
+    def forward(self, x, attn_mask=None, is_causal=None):
+        for m in self.layers:
+            x = m(x, attn_mask=attn_mask, is_causal=is_causal)
+        return x
+
+    def init_state(self, batch_size: int = 1, device=None, dtype=None):
+        return [m.init_state(batch_size, device=device, dtype=dtype) for m in self.layers]
+
+    def step(self, x_t, state):
+        new = []
+        for m, s in zip(self.layers, state):
+            x_t, s = m.step(x_t, s)
+            new.append(s)
+        return x_t, new
+
+    def step_attend(self, q, k, v, state):
+        outs, new = zip(*(m.step_attend(q, k, v, s) for m, s in zip(self.layers, state)))
+        return torch.stack(outs), list(new)
+
+    def state_numel(self, seq_len: int) -> int:
+        return sum(int(m.state_numel(seq_len)) for m in self.layers)
 
 
 def build_backend(spec: BackendSpec, dim: int, heads: int, max_len: int, causal: bool,
-                  device, dtype) -> nn.Module:
-    """The attention module of ``spec`` (options needing the longest length get it)."""
-    from ea_zoo.registry import attention_options, create_attention, resolve_attention
-
-    cls, _ = resolve_attention(spec.name)
-    opts = dict(spec.options)
-    valid = attention_options(cls)
-    for key in _LENGTH_OPTIONS:
-        if key in valid and key not in opts:
-            opts[key] = int(max_len)
+                  device, dtype, depth: Optional[int] = None) -> nn.Module:
+    """The attention module of ``spec`` (its length option, e.g. AFT's ``max_len``, set to
+    ``max_len``): one layer, or a :class:`LayerStack` of ``depth`` layers (default: the fewest
+    a per-layer spec fits)."""
+    layers = spec.layers(depth)
     torch.manual_seed(0)
     with torch.device(device):
-        m = create_attention(spec.name, dim=dim, num_heads=heads, causal=causal, **opts)
+        mods = [s.with_length(max_len).build(dim, heads, causal=causal) for s in layers]
+    m = mods[0] if len(mods) == 1 and not spec.hybrid else LayerStack(mods)
     return m.to(device=device, dtype=dtype)
 
 
@@ -315,18 +321,20 @@ def _qkv(attn: nn.Module, batch: int, length: int, device, dtype, requires_grad:
 def measure_parallel(spec: BackendSpec, length: int, dim: int, heads: int, batch: int = 1, *,
                      device="cpu", dtype=torch.float32, causal: bool = False, max_len: Optional[int] = None,
                      timing: bool = True, warmup: int = 1, repeat: int = 3,
-                     layer_flops: bool = True, max_seconds: Optional[float] = None) -> Dict[str, Any]:
-    """Training-side measures of ``spec`` at one (L, D): FLOPs, saved bytes, peak, times."""
+                     layer_flops: bool = True, max_seconds: Optional[float] = None,
+                     depth: Optional[int] = None) -> Dict[str, Any]:
+    """Training-side measures of ``spec`` at one (L, D): FLOPs, saved bytes, peak, times (of
+    every layer together for a per-layer spec or ``depth`` > 1)."""
     device = torch.device(device)
     rec: Dict[str, Any] = {"backend": spec.label, "L": length, "D": dim, "H": heads, "B": batch}
-    attn = build_backend(spec, dim, heads, max_len or length, causal, device, dtype)
+    attn = build_backend(spec, dim, heads, max_len or length, causal, device, dtype, depth)
     if hasattr(attn, "order"):
         rec["t"] = attn.order
     attn.eval()  # no dropout; gradients still flow
     mixer = Mixer(attn, causal)
     (q, k, v), x = _qkv(attn, batch, length, device, dtype, requires_grad=True)
     params = list(attn.parameters())
-    with _sdpa_context(spec.sdpa):
+    with sdpa_context(spec.sdpa):
         fl = count_flops(mixer, (q.detach(), k.detach(), v.detach()))
         rec["flops"] = fl.total
         rec["flops_by_op"] = fl.by_operator
@@ -347,7 +355,10 @@ def measure_parallel(spec: BackendSpec, length: int, dim: int, heads: int, batch
         else:
             rec["peak_bytes"] = peak_live_bytes(fwd_bwd_once)
         if timing:
-            g = torch.randn(q.shape[:-1] + (v.shape[-1],), device=device, dtype=dtype)
+            out_shape = q.shape[:-1] + (v.shape[-1],)
+            if isinstance(attn, LayerStack):
+                out_shape = (len(attn.layers),) + out_shape
+            g = torch.randn(out_shape, device=device, dtype=dtype)
 
             def fwd():
                 with torch.no_grad():
@@ -363,7 +374,8 @@ def measure_parallel(spec: BackendSpec, length: int, dim: int, heads: int, batch
 
 
 def measure_decode(spec: BackendSpec, lengths: Sequence[int], dim: int, heads: int, batch: int = 1, *,
-                   device="cpu", dtype=torch.float32, timing: bool = True, repeat: int = 3) -> Dict[int, Dict[str, Any]]:
+                   device="cpu", dtype=torch.float32, timing: bool = True, repeat: int = 3,
+                   depth: Optional[int] = None) -> Dict[int, Dict[str, Any]]:
     """Decoding measures after L tokens, for each L in ``lengths`` (one pass of max(L) steps).
 
     Per L: the state's numbers (``state_numel``, measured), bytes, the module's declared
@@ -371,13 +383,13 @@ def measure_decode(spec: BackendSpec, lengths: Sequence[int], dim: int, heads: i
     """
     device = torch.device(device)
     lengths = sorted(set(int(n) for n in lengths))
-    attn = build_backend(spec, dim, heads, max(lengths) + 1, True, device, dtype).eval()
+    attn = build_backend(spec, dim, heads, max(lengths) + 1, True, device, dtype, depth).eval()
     if not getattr(attn, "supports_step", False):
         return {}
     torch.manual_seed(2)
     xs = torch.randn(max(lengths) + 1, batch, dim, device=device, dtype=dtype)
     out: Dict[int, Dict[str, Any]] = {}
-    with torch.no_grad(), _sdpa_context(spec.sdpa):
+    with torch.no_grad(), sdpa_context(spec.sdpa):
         state = attn.init_state(batch, device=device, dtype=dtype)
         n = 0
         for L in lengths:
@@ -420,6 +432,8 @@ class SweepConfig:
     decode: bool = True
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
+    depth: Optional[int] = None
+    preset: str = ""
 
 
 def _progress(total: int, desc: str, disable: bool):
@@ -466,7 +480,8 @@ def run_sweeps(specs: Sequence[BackendSpec], cfg: SweepConfig, quiet: bool = Fal
         total += len(specs) * (1 + len(cfg.dims)) + n_t
     bar = _progress(total, "complexity", quiet)
     common = dict(device=cfg.device, dtype=cfg.dtype, causal=cfg.causal, timing=cfg.timing,
-                  warmup=cfg.warmup, repeat=cfg.repeat, max_seconds=cfg.max_seconds)
+                  warmup=cfg.warmup, repeat=cfg.repeat, max_seconds=cfg.max_seconds, depth=cfg.depth)
+    dec_kw = dict(device=cfg.device, dtype=cfg.dtype, timing=cfg.timing, repeat=cfg.repeat, depth=cfg.depth)
 
     def parallel_sweep(spec, sweep, points, point_kw):
         """Points in increasing size; stop a backend past OOM or ``max_seconds`` per call."""
@@ -503,22 +518,20 @@ def run_sweeps(specs: Sequence[BackendSpec], cfg: SweepConfig, quiet: bool = Fal
                                               max_len=cfg.length))
         if cfg.decode:
             bar.set_postfix_str(f"{spec.label} decode L")
-            dec, err = _safe(measure_decode, spec, dec_lengths, cfg.dim, cfg.heads, cfg.batch, device=cfg.device,
-                             dtype=cfg.dtype, timing=cfg.timing, repeat=cfg.repeat)
+            dec, err = _safe(measure_decode, spec, dec_lengths, cfg.dim, cfg.heads, cfg.batch, **dec_kw)
             for L, d in (dec or {}).items():
                 _merge_decode(rows, spec.label, "L", L, cfg.dim, d)
             bar.update(1)
             for D in cfg.dims:
                 bar.set_postfix_str(f"{spec.label} decode D={D}")
-                dec, err = _safe(measure_decode, spec, [dec_len_fixed], D, cfg.heads, cfg.batch, device=cfg.device,
-                                 dtype=cfg.dtype, timing=cfg.timing, repeat=cfg.repeat)
+                dec, err = _safe(measure_decode, spec, [dec_len_fixed], D, cfg.heads, cfg.batch, **dec_kw)
                 for L, d in (dec or {}).items():
                     _merge_decode(rows, spec.label, "D", L, D, d, parallel_L=cfg.length)
                 bar.update(1)
 
     if t_base is not None:
         for t in cfg.orders:
-            spec = BackendSpec(f"ea_series:order={t}", "ea_series", {"order": t})
+            spec = BackendSpec(f"ea_series:order={t}", {"name": "ea_series", "order": t})
             bar.set_postfix_str(f"order t={t}")
             rec, err = _safe(measure_parallel, spec, cfg.length, cfg.dim, cfg.heads, cfg.batch, **common)
             rec = rec or {"backend": spec.label, "L": cfg.length, "D": cfg.dim, "skipped": err}
@@ -526,8 +539,7 @@ def run_sweeps(specs: Sequence[BackendSpec], cfg: SweepConfig, quiet: bool = Fal
             rows.append(rec)
             bar.update(1)
             if cfg.decode:
-                dec, err = _safe(measure_decode, spec, [dec_len_fixed], cfg.dim, cfg.heads, cfg.batch,
-                                 device=cfg.device, dtype=cfg.dtype, timing=cfg.timing, repeat=cfg.repeat)
+                dec, err = _safe(measure_decode, spec, [dec_len_fixed], cfg.dim, cfg.heads, cfg.batch, **dec_kw)
                 for L, d in (dec or {}).items():
                     rec.update({"decode_L": L, **d})
                 bar.update(1)
@@ -572,7 +584,7 @@ def fit_results(rows: Sequence[Dict[str, Any]], specs: Sequence[BackendSpec], to
     """Per backend and measure: fitted exponents in L and D, the claim, and agreement."""
     fits: Dict[str, Any] = {}
     for spec in specs:
-        key = spec.claim_key
+        key = None if spec.hybrid else claim_key(spec.attention.name)
         claim = CLAIMS.get(key) if key else None
         entry: Dict[str, Any] = {"claim_row": claim.row if claim else None,
                                  "claim_source": claim.source if claim else None, "measures": {}}
@@ -709,6 +721,9 @@ NOTES = """\
   "step ms" times the whole layer's `step`. Times are the best of --repeat calls; their
   exponents are for information only (small CPU sizes are dominated by per-op overhead, and
   a shared machine adds noise).
+* A per-layer (hybrid) backend, labelled like `ea6+sa@1`, and every backend under `--depth N`
+  is measured as the stack of its layers: FLOPs, saved memory and the decoding state are sums
+  over the layers (each layer's mixing on the same heads).
 """
 
 
@@ -719,17 +734,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="sizes: tiny (tests), cpu (default on CPU, < 2 min on 2 cores), paper "
                         "(BERT-base width, L up to 16k; default on CUDA)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<index> (default cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
     p.add_argument("--backends", default=None,
-                   help="comma-separated specs: name, name[math] (SDPA math kernel), name:key=val;key=val "
-                        "(default: every registered backend, EA-series as ea2 and ea6, SA also as sa[math])")
+                   help="comma-separated specs: name, name[math] (SDPA math kernel), name:key=val;key=val, "
+                        "a per-layer label such as ea6+sa@1 (default: every registered backend, EA-series as "
+                        "ea2 and ea6, SA also as sa[math])")
     p.add_argument("--lengths", type=str, default=None, help="L sweep, e.g. 64,128,256,512")
     p.add_argument("--length", type=int, default=None, help="fixed L of the D and t sweeps")
     p.add_argument("--dims", type=str, default=None, help="D sweep, e.g. 32,64,128,256")
     p.add_argument("--dim", type=int, default=None, help="fixed D of the L and t sweeps")
     p.add_argument("--heads", type=int, default=None, help="number of heads H (fixed in every sweep)")
     p.add_argument("--batch", type=int, default=None, help="batch size B")
+    p.add_argument("--depth", type=int, default=None,
+                   help="measure every backend as a stack of this many layers (default: one layer; a per-layer "
+                        "backend: the fewest layers its spec fits)")
     p.add_argument("--orders", type=str, default=None, help="EA-series orders t to sweep, e.g. 2,4,6,8")
     p.add_argument("--decode-max-len", type=int, default=None, help="longest L for the decoding measures")
     p.add_argument("--causal", action="store_true", help="measure the causal forms (default: non-causal)")
@@ -740,45 +759,49 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-seconds", type=float, default=None,
                    help="stop growing a backend's sweep once one forward+backward takes longer")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="|slope - claim| for agreement")
-    p.add_argument("--out", default="benchmarks/results/complexity_cpu", help="output folder")
-    p.add_argument("--no-plot", action="store_true", help="skip the PNG figures")
-    add_threads_argument(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def _ints(s: Optional[str]) -> Optional[List[int]]:
-    return None if s is None else [int(v) for v in str(s).split(",") if v.strip()]
+    common.add_output_arguments(p, "benchmarks/results/complexity_cpu")
 
 
 def config_from_args(args: argparse.Namespace) -> SweepConfig:
-    preset = args.preset or ("paper" if str(args.device).startswith("cuda") else "cpu")
-    base = dict(PRESETS[preset])
-    over = dict(batch=args.batch, heads=args.heads, dim=args.dim, lengths=_ints(args.lengths), length=args.length,
-                dims=_ints(args.dims), orders=_ints(args.orders), decode_max_len=args.decode_max_len,
-                warmup=args.warmup, repeat=args.repeat, max_seconds=args.max_seconds)
-    base.update({k: v for k, v in over.items() if v is not None})
-    dtype = getattr(torch, args.dtype)
+    """The sweep configuration; ValueError (one line) for a bad value, before any work."""
+    common.check_device(args.device)
+    for opt in ("length", "dim", "heads", "batch", "depth", "decode_max_len", "repeat"):
+        common.check_positive(getattr(args, opt, None), "--" + opt.replace("_", "-"))
+    ints = common.parse_ints
+    preset, base = common.preset_config(args, PRESETS, dict(
+        batch=args.batch, heads=args.heads, dim=args.dim, lengths=ints(args.lengths, "--lengths"),
+        length=args.length, dims=ints(args.dims, "--dims"), orders=ints(args.orders, "--orders"),
+        decode_max_len=args.decode_max_len, warmup=args.warmup, repeat=args.repeat, max_seconds=args.max_seconds))
+    common.check_heads([base["dim"]], base["heads"], "--dim")
+    common.check_heads(base["dims"], base["heads"], "--dims")
     return SweepConfig(**base, causal=args.causal, timing=not args.no_time, decode=not args.no_decode,
-                       device=args.device, dtype=dtype)
+                       device=args.device, dtype=getattr(torch, args.dtype), depth=getattr(args, "depth", None),
+                       preset=preset)
+
+
+def backends_from_args(args: argparse.Namespace, cfg: SweepConfig) -> List[BackendSpec]:
+    """``--backends`` (default :func:`default_backends`), checked against the device and depth."""
+    specs = common.parse_backends(args.backends, default_backends)
+    for s in specs:
+        if s.sdpa and torch.device(cfg.device).type == "cpu" and s.sdpa not in ("math", "flash"):
+            raise ValueError(f"--backends {s.label!r}: SDPA kernel {s.sdpa!r} is not available on CPU "
+                             "(use math or flash)")
+        if cfg.depth is not None:
+            try:
+                s.layers(cfg.depth)
+            except ValueError as e:
+                raise ValueError(f"--backends {s.label!r} with --depth {cfg.depth}: {e}") from None
+    return specs
 
 
 def run(args: argparse.Namespace) -> int:
-    with cpu_threads(getattr(args, "threads", None)):
-        return _run(args)
+    return common.run_with_threads(args, _run)
 
 
 def _run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    preset = args.preset or ("paper" if str(args.device).startswith("cuda") else "cpu")
-    dev = torch.device(cfg.device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        print("ea-zoo complexity: --device cuda but CUDA is not available", file=sys.stderr)
-        return 2
-    specs = [parse_backend(s) for s in args.backends.split(",")] if args.backends else default_backends()
-    bad = [s for s in specs if s.sdpa and dev.type == "cpu" and s.sdpa not in ("math", "flash")]
-    if bad:
-        print(f"ea-zoo complexity: SDPA kernel {bad[0].sdpa!r} is not available on CPU", file=sys.stderr)
-        return 2
+    preset, dev = cfg.preset, torch.device(cfg.device)
+    specs = backends_from_args(args, cfg)
     out = report.prepare_out(args.out)
     t_start = time.perf_counter()
     rows = run_sweeps(specs, cfg, quiet=args.quiet)

@@ -17,18 +17,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List
 
 import torch
 
-from ea_zoo.analysis import report
-from ea_zoo.analysis.complexity import BackendSpec, _sdpa_context, parse_backend
+from ea_zoo.analysis import common, report
+from ea_zoo.analysis.common import BackendSpec, sdpa_context
 from ea_zoo.analysis.fit import tail_slope
 from ea_zoo.analysis.memory import is_oom, param_bytes, tensor_bytes, tensor_numel
-from ea_zoo.analysis.speed import add_threads_argument, cpu_threads, synchronize
+from ea_zoo.analysis.speed import timed_greedy_step
+from ea_zoo.registry import get_attention_cls, list_attentions
 
 __all__ = ["PRESETS", "InferCostConfig", "default_backends", "decode_run", "add_arguments", "run"]
 
@@ -44,31 +44,21 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 
 
 def default_backends() -> List[BackendSpec]:
-    """SA (KV cache) and every recurrent backend (EA-series as EA-2 and EA-6)."""
-    from ea_zoo.registry import get_attention_cls, list_attentions
-
-    specs = [BackendSpec("sa", "sa")]
+    """SA (KV cache) and every recurrent backend (registry order; EA-series as EA-2 and EA-6)."""
+    labels = ["sa"]
     for n in list_attentions(include_aliases=False):
-        cls = get_attention_cls(n)
-        if n in ("sa", "ea_series") or not getattr(cls, "recurrent", False):
-            continue
-        specs.append(BackendSpec(n, n))
-    if "ea_series" in list_attentions():
-        specs += [BackendSpec("ea2", "ea2"), BackendSpec("ea6", "ea6")]
-    return specs
+        if n == "ea_series":
+            labels += ["ea2", "ea6"]
+        elif n != "sa" and getattr(get_attention_cls(n), "recurrent", False):
+            labels.append(n)
+    return [common.parse_backend(lab) for lab in labels]
 
 
 @dataclass
-class InferCostConfig:
-    depth: int
-    dim: int
-    heads: int
-    mlp_ratio: float
-    vocab: int
-    lengths: List[int]
-    batch_sizes: List[int]
+class InferCostConfig(common.ModelRunConfig):
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
+    preset: str = ""
 
 
 def build_lm(spec: BackendSpec, cfg: InferCostConfig, max_len: int) -> torch.nn.Module:
@@ -76,7 +66,7 @@ def build_lm(spec: BackendSpec, cfg: InferCostConfig, max_len: int) -> torch.nn.
 
     torch.manual_seed(0)
     with torch.device(cfg.device):
-        model = create_model("lm", attention={"name": spec.name, **spec.options}, embed_dim=cfg.dim, depth=cfg.depth,
+        model = create_model("lm", attention=spec.attention, embed_dim=cfg.dim, depth=cfg.depth,
                              num_heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, vocab_size=cfg.vocab, dropout=0.0,
                              max_len=max_len)
     return model.to(device=cfg.device, dtype=cfg.dtype).eval()
@@ -96,15 +86,11 @@ def decode_run(spec: BackendSpec, cfg: InferCostConfig, batch_size: int) -> List
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     try:
-        with torch.no_grad(), _sdpa_context(spec.sdpa):
+        with torch.no_grad(), sdpa_context(spec.sdpa):
             state = model.init_state(batch_size, device=dev, dtype=cfg.dtype)
             for n in range(1, n_max + 1):
-                synchronize(dev)
-                t0 = time.perf_counter()
-                logits, state = model.step(tok, state)
-                tok = logits.argmax(-1)
-                synchronize(dev)
-                times.append(time.perf_counter() - t0)
+                tok, state, seconds = timed_greedy_step(model, tok, state, dev)
+                times.append(seconds)
                 if n in checkpoints:
                     sbytes = tensor_bytes(state)
                     window = times[-max(1, min(16, n // 4)):]
@@ -136,48 +122,39 @@ def decode_run(spec: BackendSpec, cfg: InferCostConfig, batch_size: int) -> List
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="tiny (tests), cpu (default on CPU: small LM, ~1 min), paper (BERT-base sizes; default on CUDA)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<index> (default cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--backends", default=None,
-                   help="comma-separated backend specs (default: sa and every recurrent backend, EA-series as ea2, ea6)")
+                   help="comma-separated backend specs (default: sa and every recurrent backend, EA-series as ea2, "
+                        "ea6); a per-layer label such as ea6+sa@1 is one more backend (its state: all layers')")
     p.add_argument("--lengths", default=None, help="checkpoint lengths (the longest is generated)")
     p.add_argument("--batch-sizes", default=None)
-    p.add_argument("--depth", type=int, default=None)
-    p.add_argument("--dim", type=int, default=None)
-    p.add_argument("--heads", type=int, default=None)
-    p.add_argument("--vocab", type=int, default=None)
-    p.add_argument("--out", default="benchmarks/results/infer_cost_cpu")
-    p.add_argument("--no-plot", action="store_true")
-    add_threads_argument(p)
-    p.add_argument("--quiet", action="store_true")
-
-
-def _ints(s: Optional[str]) -> Optional[List[int]]:
-    return None if s is None else [int(v) for v in str(s).split(",") if v.strip()]
+    common.add_model_arguments(p)
+    common.add_output_arguments(p, "benchmarks/results/infer_cost_cpu")
 
 
 def config_from_args(args: argparse.Namespace) -> InferCostConfig:
-    preset = args.preset or ("paper" if str(args.device).startswith("cuda") else "cpu")
-    base = dict(PRESETS[preset])
-    over = dict(lengths=_ints(args.lengths), batch_sizes=_ints(args.batch_sizes), depth=args.depth, dim=args.dim,
-                heads=args.heads, vocab=args.vocab)
-    base.update({k: v for k, v in over.items() if v is not None})
-    return InferCostConfig(**base, device=args.device, dtype=getattr(torch, args.dtype))
+    """The run's configuration; ValueError (one line) for a bad value, before any work."""
+    common.check_device(args.device)
+    for opt in ("depth", "dim", "heads", "vocab"):
+        common.check_positive(getattr(args, opt), "--" + opt)
+    preset, base = common.preset_config(args, PRESETS, dict(
+        lengths=common.parse_ints(args.lengths, "--lengths"),
+        batch_sizes=common.parse_ints(args.batch_sizes, "--batch-sizes"),
+        depth=args.depth, dim=args.dim, heads=args.heads, vocab=args.vocab))
+    common.check_heads([base["dim"]], base["heads"])
+    return InferCostConfig(**base, device=args.device, dtype=getattr(torch, args.dtype), preset=preset)
 
 
 def run(args: argparse.Namespace) -> int:
-    with cpu_threads(getattr(args, "threads", None)):
-        return _run(args)
+    return common.run_with_threads(args, _run)
 
 
 def _run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    preset = args.preset or ("paper" if str(args.device).startswith("cuda") else "cpu")
-    dev = torch.device(cfg.device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        print("ea-zoo infer-cost: --device cuda but CUDA is not available", file=sys.stderr)
-        return 2
-    specs = [parse_backend(s) for s in args.backends.split(",") if s.strip()] if args.backends else default_backends()
+    specs = common.parse_backends(args.backends, default_backends)
+    common.check_depth(specs, cfg.depth)
+    preset, dev = cfg.preset, torch.device(cfg.device)
     out = report.prepare_out(args.out)
     from tqdm.auto import tqdm
 

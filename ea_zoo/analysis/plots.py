@@ -1,9 +1,8 @@
 """matplotlib figures of the cost tools (Agg backend, PNG files; nothing is shown)."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 __all__ = ["complexity_figures", "train_cost_figure", "infer_cost_figure"]
 

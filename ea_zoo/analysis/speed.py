@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 
-__all__ = ["synchronize", "time_call", "Timer", "cpu_threads", "add_threads_argument"]
+__all__ = ["synchronize", "time_call", "timed_greedy_step", "Timer", "cpu_threads", "add_threads_argument"]
 
 #: default intra-op threads of the cost tools on CPU: one thread keeps timings stable on a
 #: shared machine (with 2+ OpenMP threads, a core taken by another process stalls every
@@ -41,6 +41,17 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize(dev)
     elif dev.type == "mps":  # pragma: no cover
         torch.mps.synchronize()
+
+
+def timed_greedy_step(model: Any, tok: torch.Tensor, state: Any, device: torch.device | str):
+    """One greedy decoding step of a sequence model, timed on ``device``: ``model.step(tok,
+    state)``, then the argmax token. Returns ``(next tokens, new state, seconds)``."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    logits, state = model.step(tok, state)
+    tok = logits.argmax(-1)
+    synchronize(device)
+    return tok, state, time.perf_counter() - t0
 
 
 def time_call(

@@ -23,19 +23,17 @@ Mixed precision on GPU (``--amp bf16`` by default; fp16 with a GradScaler); fp32
 from __future__ import annotations
 
 import argparse
-import math
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from ea_zoo.analysis import report
-from ea_zoo.analysis.complexity import BackendSpec, _sdpa_context, parse_backend
+from ea_zoo.analysis import common, report
+from ea_zoo.analysis.common import BackendSpec, sdpa_context
 from ea_zoo.analysis.fit import tail_slope
 from ea_zoo.analysis.memory import is_oom, param_bytes, peak_live_bytes
-from ea_zoo.analysis.speed import add_threads_argument, cpu_threads, synchronize, time_call
+from ea_zoo.analysis.speed import time_call
 
 __all__ = ["PRESETS", "TrainCostConfig", "step_memory", "largest_length", "add_arguments", "run"]
 
@@ -56,14 +54,7 @@ DEFAULT_BACKENDS = "sa,sa[math],ea2,ea6"
 
 
 @dataclass
-class TrainCostConfig:
-    depth: int
-    dim: int
-    heads: int
-    mlp_ratio: float
-    vocab: int
-    lengths: List[int]
-    batch_sizes: List[int]
+class TrainCostConfig(common.ModelRunConfig):
     budget_mib: Optional[float]
     l_step: int
     max_length: int
@@ -73,6 +64,7 @@ class TrainCostConfig:
     amp: Optional[str] = None  # None, "bf16", "fp16"
     dropout: float = 0.1
     curve: bool = True
+    preset: str = ""
 
 
 # ---------------------------------------------------------------------------- one step
@@ -86,11 +78,10 @@ class _Trainer:
 
         self.spec, self.cfg = spec, cfg
         self.device = torch.device(cfg.device)
-        attention = {"name": spec.name, **spec.options}
         torch.manual_seed(0)
         with torch.device(self.device):  # parameters are created (and initialised) on the device
             self.model = create_model(
-                "bert_base", attention=attention, depth=cfg.depth, embed_dim=cfg.dim, num_heads=cfg.heads,
+                "bert_base", attention=spec.attention, depth=cfg.depth, embed_dim=cfg.dim, num_heads=cfg.heads,
                 mlp_ratio=cfg.mlp_ratio, vocab_size=cfg.vocab, max_len=max_len, dropout=cfg.dropout,
             ).to(self.device).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
@@ -103,7 +94,7 @@ class _Trainer:
     def forward_backward(self, ids: torch.Tensor) -> None:
         ctx = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                else torch.autocast(self.device.type, enabled=False))
-        with _sdpa_context(self.spec.sdpa), ctx:
+        with sdpa_context(self.spec.sdpa), ctx:
             h = self.model(ids)
             loss = h.float().square().mean()
         if self.scaler is not None:
@@ -289,68 +280,57 @@ def measure(specs: Sequence[BackendSpec], cfg: TrainCostConfig, budget_bytes: fl
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="tiny (tests), cpu (default on CPU: small model, ~1-2 min), paper (BERT-base; default on CUDA)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<index> (default cpu)")
     p.add_argument("--backends", default=DEFAULT_BACKENDS,
-                   help=f"comma-separated backend specs (default {DEFAULT_BACKENDS}; name[math] forces SDPA's math kernel)")
+                   help=f"comma-separated backend specs (default {DEFAULT_BACKENDS}; name[math] forces SDPA's math "
+                        "kernel; a per-layer label such as ea6+sa@1 is one more backend)")
     p.add_argument("--lengths", default=None, help="(a) sequence lengths at batch size 1")
     p.add_argument("--batch-sizes", default=None, help="(b) batch sizes of the BS-L curve")
     p.add_argument("--budget-mib", type=float, default=None,
                    help="memory budget of the BS-L curve in MiB (default: the GPU's memory; CPU preset: 32)")
     p.add_argument("--l-step", type=int, default=None, help="BS-L curve: L is searched in multiples of this")
     p.add_argument("--max-length", type=int, default=None, help="BS-L curve: longest L tried")
-    p.add_argument("--depth", type=int, default=None)
-    p.add_argument("--dim", type=int, default=None)
-    p.add_argument("--heads", type=int, default=None)
-    p.add_argument("--vocab", type=int, default=None)
+    common.add_model_arguments(p)
     p.add_argument("--amp", choices=["bf16", "fp16", "none"], default=None,
                    help="mixed precision (default bf16 on CUDA, none on CPU)")
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--no-curve", action="store_true", help="only (a), skip the BS-L curve and throughput")
     p.add_argument("--repeat", type=int, default=None)
     p.add_argument("--warmup", type=int, default=None)
-    p.add_argument("--out", default="benchmarks/results/train_cost_cpu")
-    p.add_argument("--no-plot", action="store_true")
-    add_threads_argument(p)
-    p.add_argument("--quiet", action="store_true")
-
-
-def _ints(s: Optional[str]) -> Optional[List[int]]:
-    return None if s is None else [int(v) for v in str(s).split(",") if v.strip()]
+    common.add_output_arguments(p, "benchmarks/results/train_cost_cpu")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainCostConfig:
-    cuda = str(args.device).startswith("cuda")
-    preset = args.preset or ("paper" if cuda else "cpu")
-    base = dict(PRESETS[preset])
-    over = dict(lengths=_ints(args.lengths), batch_sizes=_ints(args.batch_sizes), budget_mib=args.budget_mib,
-                l_step=args.l_step, max_length=args.max_length, depth=args.depth, dim=args.dim, heads=args.heads,
-                vocab=args.vocab, repeat=args.repeat, warmup=args.warmup)
-    base.update({k: v for k, v in over.items() if v is not None})
-    amp = args.amp if args.amp is not None else ("bf16" if cuda else "none")
+    """The run's configuration; ValueError (one line) for a bad value, before any work."""
+    dev = common.check_device(args.device)
+    for opt in ("l_step", "max_length", "depth", "dim", "heads", "vocab", "repeat"):
+        common.check_positive(getattr(args, opt), "--" + opt.replace("_", "-"))
+    preset, base = common.preset_config(args, PRESETS, dict(
+        lengths=common.parse_ints(args.lengths, "--lengths"),
+        batch_sizes=common.parse_ints(args.batch_sizes, "--batch-sizes"),
+        budget_mib=args.budget_mib, l_step=args.l_step, max_length=args.max_length, depth=args.depth, dim=args.dim,
+        heads=args.heads, vocab=args.vocab, repeat=args.repeat, warmup=args.warmup))
+    common.check_heads([base["dim"]], base["heads"])
+    if base["budget_mib"] is None and dev.type != "cuda":
+        raise ValueError(f"--budget-mib: give the memory budget on {dev.type} (e.g. --budget-mib 64)")
+    amp = args.amp if args.amp is not None else ("bf16" if dev.type == "cuda" else "none")
     return TrainCostConfig(**base, device=args.device, amp=None if amp == "none" else amp, dropout=args.dropout,
-                           curve=not args.no_curve)
+                           curve=not args.no_curve, preset=preset)
 
 
 def run(args: argparse.Namespace) -> int:
-    with cpu_threads(getattr(args, "threads", None)):
-        return _run(args)
+    return common.run_with_threads(args, _run)
 
 
 def _run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    preset = args.preset or ("paper" if str(args.device).startswith("cuda") else "cpu")
-    dev = torch.device(cfg.device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        print("ea-zoo train-cost: --device cuda but CUDA is not available", file=sys.stderr)
-        return 2
+    specs = common.parse_backends(args.backends, lambda: common.parse_backends(DEFAULT_BACKENDS, list))
+    common.check_depth(specs, cfg.depth)
+    preset, dev = cfg.preset, torch.device(cfg.device)
     if cfg.budget_mib is not None:
         budget = cfg.budget_mib * 2**20
-    elif dev.type == "cuda":
-        budget = float(torch.cuda.get_device_properties(dev).total_memory)
     else:
-        print("ea-zoo train-cost: give --budget-mib on CPU", file=sys.stderr)
-        return 2
-    specs = [parse_backend(s) for s in args.backends.split(",") if s.strip()]
+        budget = float(torch.cuda.get_device_properties(dev).total_memory)
     out = report.prepare_out(args.out)
     t0 = time.perf_counter()
     mem_rows, curve_rows = measure(specs, cfg, budget, args.quiet)

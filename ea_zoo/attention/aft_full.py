@@ -1,7 +1,7 @@
 """AFT-full (Zhai et al. 2021; Feng 2025 eq. 19): learned pairwise position biases w (L x L)."""
 from __future__ import annotations
 
-from typing import Optional, Type
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,32 +29,23 @@ class AFTFull(AFTBase):
     recurrent = False
     supports_step = True
     paper_equation = "19 (AFT-full, Zhai et al. 2021)"
+    description = "AFT-full, learned L x L position biases"
     _state_kind = "full"
+
+    length_option = "max_len"
 
     def __init__(
         self,
-        dim: int,
-        num_heads: int = 8,
-        qkv_bias: bool = False,
-        qk_norm: bool = False,
-        scale_norm: bool = False,
-        proj_bias: bool = True,
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
-        norm_layer: Optional[Type[nn.Module]] = None,
-        device=None,
-        dtype=None,
-        *,
-        causal: bool = False,
+        *args: Any,
         max_len: int = 1024,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(dim, num_heads, qkv_bias, qk_norm, scale_norm, proj_bias, attn_drop,
-                         proj_drop, norm_layer, device, dtype, causal=causal)
+        super().__init__(*args, **kwargs)
         if not isinstance(max_len, int) or max_len <= 0:
             raise ValueError(f"max_len must be a positive int, got {max_len!r}")
         self.max_len = max_len
         self.max_decode_len = max_len  # positions the bias table covers when decoding
-        self.pos_bias = nn.Parameter(torch.zeros(max_len, max_len, device=device, dtype=dtype))
+        self.pos_bias = nn.Parameter(torch.zeros(max_len, max_len, **self.factory_kwargs()))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, max_len={self.max_len}"

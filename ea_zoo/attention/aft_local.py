@@ -1,7 +1,7 @@
 """AFT-local (Zhai et al. 2021; Feng 2025 eq. 19): learned biases inside a band |i - j| < window."""
 from __future__ import annotations
 
-from typing import Optional, Type
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,28 +34,19 @@ class AFTLocal(AFTBase):
     recurrent = True
     supports_step = True
     paper_equation = "19 (AFT-local, Zhai et al. 2021)"
+    description = "AFT-local, windowed position biases"
     _state_kind = "local"
+
+    length_option = "max_len"
 
     def __init__(
         self,
-        dim: int,
-        num_heads: int = 8,
-        qkv_bias: bool = False,
-        qk_norm: bool = False,
-        scale_norm: bool = False,
-        proj_bias: bool = True,
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
-        norm_layer: Optional[Type[nn.Module]] = None,
-        device=None,
-        dtype=None,
-        *,
-        causal: bool = False,
+        *args: Any,
         window: int = 64,
         max_len: int = 1024,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(dim, num_heads, qkv_bias, qk_norm, scale_norm, proj_bias, attn_drop,
-                         proj_drop, norm_layer, device, dtype, causal=causal)
+        super().__init__(*args, **kwargs)
         if not isinstance(window, int) or window <= 0:
             raise ValueError(f"window must be a positive int, got {window!r}")
         if not isinstance(max_len, int) or max_len <= 0:
@@ -63,7 +54,7 @@ class AFTLocal(AFTBase):
         self.window = window
         self.max_len = max_len
         self.max_decode_len = max_len  # positions the bias table covers when decoding
-        self.pos_bias = nn.Parameter(torch.zeros(max_len, 2 * window - 1, device=device, dtype=dtype))
+        self.pos_bias = nn.Parameter(torch.zeros(max_len, 2 * window - 1, **self.factory_kwargs()))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, window={self.window}, max_len={self.max_len}"

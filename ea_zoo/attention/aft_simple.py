@@ -1,9 +1,8 @@
 """AFT-simple (Zhai et al. 2021, w = 0 in Feng 2025 eq. 19): linear cost, fixed-size state."""
 from __future__ import annotations
 
-from typing import Optional, Type
+from typing import Any
 
-from torch import nn
 
 from ea_zoo.attention.aft import AFTBase
 from ea_zoo.attention.base import State
@@ -24,26 +23,11 @@ class AFTSimple(AFTBase):
     recurrent = True
     supports_step = True
     paper_equation = "19 (w = 0; AFT-simple, Zhai et al. 2021)"
+    description = "AFT-simple, no position biases"
     _state_kind = "simple"
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int = 8,
-        qkv_bias: bool = False,
-        qk_norm: bool = False,
-        scale_norm: bool = False,
-        proj_bias: bool = True,
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
-        norm_layer: Optional[Type[nn.Module]] = None,
-        device=None,
-        dtype=None,
-        *,
-        causal: bool = False,
-    ) -> None:
-        super().__init__(dim, num_heads, qkv_bias, qk_norm, scale_norm, proj_bias, attn_drop,
-                         proj_drop, norm_layer, device, dtype, causal=causal)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
 
     def attend_state(self, q, k, v, state: State):
         """q, k, v (B, H, L, d) continuing from the running sums: one causal :func:`aft` call

@@ -30,6 +30,17 @@ Class attributes describe the backend to tools and users:
   that grows with L, so they are not recurrent, but they still ``step``.
 * ``supports_step``: False for a backend that cannot decode token by token; ``step`` then
   raises :class:`StepNotSupportedError`.
+
+Masks: one rule for every backend, in one place (:mod:`ea_zoo.attention.masks`, applied by
+:meth:`AttentionBase.forward` through :meth:`AttentionBase.prepare_mask`): bool True = keep;
+float *additive* as torch SDPA and timm (0 = keep, -inf or <= finfo.min / 2 = drop; any other
+value is a bias only softmax attention applies); integer 0/1. Shapes: (B, L) key padding,
+timm's key-only (B, 1, 1, L), and the padding-derived (B, 1, L, L) that timm's NaFlexViT builds
+from patch validity (query i sees key j iff both are valid; a query that sees no key outputs
+0 before ``proj``). A general (L, L) mask is a ValueError naming the backend (``sa`` passes it
+to SDPA). Mask value checks run in eager mode only, and no backend's forward syncs with the
+host: every backend runs under ``torch.compile(fullgraph=True)``, ``torch.func.vmap`` and on
+``meta``.
 """
 from __future__ import annotations
 
@@ -38,7 +49,7 @@ from typing import Any, ClassVar, Dict, Optional, Tuple, Type
 import torch
 from torch import nn
 
-from ea_zoo.functional.checks import check_key_padding_mask
+from ea_zoo.attention.masks import NormalizedMask, normalize_attn_mask
 
 State = Dict[str, Any]
 
@@ -49,6 +60,10 @@ class StepNotSupportedError(NotImplementedError):
 
 class AttentionBase(nn.Module):
     """Base class of all ea_zoo attention backends (timm ``attn_layer`` compatible).
+
+    ``forward(x, attn_mask=None, is_causal=None)``: ``attn_mask`` follows the one mask rule of
+    :mod:`ea_zoo.attention.masks` (bool True = keep, float additive 0 / -inf; (B, L),
+    (B, 1, 1, L) or padding-derived (B, 1, L, L)), see :meth:`forward`.
 
     Args:
         dim: model width D; input and output are (B, L, D).
@@ -71,6 +86,9 @@ class AttentionBase(nn.Module):
     paper_equation: ClassVar[str] = ""
     #: name under which the backend is registered (set by ``register_attention``)
     attention_name: ClassVar[str] = ""
+    #: the option that depends on the host's token count (e.g. ``"max_len"`` of the AFT
+    #: position tables), filled by :meth:`ea_zoo.registry.AttentionSpec.with_length`
+    length_option: ClassVar[Optional[str]] = None
 
     def __init__(
         self,
@@ -89,7 +107,9 @@ class AttentionBase(nn.Module):
         causal: bool = False,
     ) -> None:
         super().__init__()
-        if not isinstance(dim, int) or dim <= 0:
+        if not isinstance(causal, bool):
+            raise TypeError(f"causal must be a bool (True or False), got {causal!r}")
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
         if not isinstance(num_heads, int) or num_heads <= 0 or dim % num_heads != 0:
             raise ValueError(
@@ -110,6 +130,32 @@ class AttentionBase(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     # ------------------------------------------------------------------ helpers
+    def factory_kwargs(self) -> Dict[str, Any]:
+        """``{"device", "dtype"}`` of the module's parameters, for the ones a backend adds."""
+        w = self.qkv.weight
+        return {"device": w.device, "dtype": w.dtype}
+
+    def host_config(self) -> Dict[str, Any]:
+        """The host (timm ``Block``) arguments this module was built with, read back from its
+        layers: ``dim``, ``num_heads``, ``qkv_bias``, ``qk_norm``, ``scale_norm``, ``proj_bias``,
+        ``attn_drop``, ``proj_drop``, ``norm_layer`` (a constructor rebuilding the q/k/output
+        norms with their ``eps``; None when there are none). ``type(other)(**m.host_config())``
+        builds another backend in the same slot (per-layer / hybrid models)."""
+        import functools
+
+        norms = [n for n in (self.q_norm, self.norm) if not isinstance(n, nn.Identity)]
+        norm_layer = None
+        if norms:
+            n = norms[0]
+            norm_layer = functools.partial(type(n), eps=n.eps) if isinstance(getattr(n, "eps", None), float) \
+                else type(n)
+        return {
+            "dim": self.dim, "num_heads": self.num_heads, "qkv_bias": self.qkv.bias is not None,
+            "qk_norm": not isinstance(self.q_norm, nn.Identity), "scale_norm": not isinstance(self.norm, nn.Identity),
+            "proj_bias": self.proj.bias is not None, "attn_drop": float(self.attn_drop.p),
+            "proj_drop": float(self.proj_drop.p), "norm_layer": norm_layer,
+        }
+
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}, causal={self.causal}"
 
@@ -147,13 +193,19 @@ class AttentionBase(nn.Module):
         """Mix projected heads: q, k, v (B, H, L, d) -> (B, H, L, d). Implemented per backend."""
         raise NotImplementedError
 
-    def prepare_mask(self, attn_mask: Optional[torch.Tensor], batch: int, seq_len: int):
-        """Validate ``attn_mask`` as a (B, L) key-padding mask (True = keep).
+    def mask_name(self) -> str:
+        """The backend's name in mask errors: its registered name, else the class name."""
+        return self.attention_name or type(self).__name__
 
-        Backends that accept other mask forms (softmax attention takes timm's broadcastable
-        masks) override this.
+    def prepare_mask(self, attn_mask: Optional[torch.Tensor], batch: int, seq_len: int) -> NormalizedMask:
+        """Read ``attn_mask`` by the one mask rule (:mod:`ea_zoo.attention.masks`): key padding
+        (B, L), timm's key-only (B, 1, 1, L) or the padding-derived (B, 1, L, L); bool True =
+        keep, float additive (0 keep, -inf drop). A general (L, L) mask is a ValueError.
+
+        Softmax attention overrides this to pass general masks on to SDPA.
         """
-        return check_key_padding_mask(attn_mask, batch, seq_len)
+        return normalize_attn_mask(attn_mask, batch, seq_len, backend=self.mask_name(),
+                                   num_heads=self.num_heads)
 
     def forward(
         self,
@@ -165,8 +217,17 @@ class AttentionBase(nn.Module):
 
         Args:
             x: input tokens.
-            attn_mask: key-padding mask (B, L), bool, True = keep. Padded keys have no
-                influence on any output.
+            attn_mask: one mask rule for every backend (:mod:`ea_zoo.attention.masks`):
+                bool True = keep; integer 0/1 (1 = keep); float **additive** as torch SDPA
+                and timm (0 = keep, -inf or <= finfo.min / 2 = drop; other values are a bias
+                only ``sa`` applies). Shapes: (B, L) key padding, (B, 1, 1, L) (timm's key-only
+                form), (B, 1, L, L) derived from padding (query i sees key j iff both are
+                valid, timm NaFlexViT's form; a query that sees no key outputs 0 before
+                ``proj``). Padded keys have no influence on any output, NaN/Inf in them
+                included. ``sa`` also takes any SDPA mask broadcastable to (B, H, L, L); the
+                other backends raise a ValueError for a general (L, L) mask. Value checks run
+                in eager mode only; nothing in ``forward`` syncs with the host, so it runs
+                under ``torch.compile(fullgraph=True)``, ``torch.func.vmap`` and on ``meta``.
             is_causal: overrides the constructor's ``causal`` when not None.
         """
         self._check_input(x)
@@ -176,12 +237,17 @@ class AttentionBase(nn.Module):
         if L == 0:  # no token: an empty output, for every backend
             return self.proj_drop(self.proj(self.norm(x)))
         q, k, v = self.project(x)
-        if mask is not None and mask.dim() == 2:
+        kpm = mask.key_padding
+        if kpm is not None:
             # padded positions never influence valid ones, even when they hold NaN/Inf
-            keep = mask[:, None, :, None].to(k.device)
+            kpm = kpm.to(k.device)
+            keep = kpm[:, None, :, None]
             k = torch.where(keep, k, torch.zeros((), dtype=k.dtype, device=k.device))
             v = torch.where(keep, v, torch.zeros((), dtype=v.dtype, device=v.device))
-        o = self.attend(q, k, v, mask, causal)
+        o = self.attend(q, k, v, mask.general if mask.general is not None else kpm, causal)
+        if mask.query_keep is not None:  # queries that see no key output 0
+            o = torch.where(mask.query_keep.to(o.device)[:, None, :, None], o,
+                            torch.zeros((), dtype=o.dtype, device=o.device))
         return self.merge_heads(o.to(v.dtype))
 
     # ------------------------------------------------------------------ recurrent form

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Any, Tuple
 
 import torch
 from torch import nn
@@ -12,55 +12,25 @@ from ea_zoo.functional.ea import ea, ea_init_state, ea_step
 from ea_zoo.registry import register_attention
 
 
-@register_attention("ea")
-class ElementwiseAttention(AttentionBase):
-    """Full EA: y_i = sum_j e^{-(q_i-k_j)^2/tau} v_j / sum_j e^{-(q_i-k_j)^2/tau}, per channel.
-
-    x (B, L, D) -> (B, L, D). Heads only group channels for ``qk_norm`` (timm layout); the
-    mixing is per channel. O(L^2 D) compute, O(L D) memory (blocked, see
-    :func:`ea_zoo.functional.ea`). Decodes from a cache of past keys/values (not recurrent).
+class TemperatureScaledAttention(AttentionBase):
+    """Shared base of EA and EA-series (not registered): q, k scaled by tau^(-1/2) per head.
 
     Args (besides :class:`AttentionBase`'s):
         temperature: tau in e^{-(q-k)^2 / tau}; 1.0 is the paper's eq. 2. q and k are
             scaled by tau^(-1/2) before the functional call.
         learn_temperature: make log(tau) a learnable parameter, one per head.
-        max_block_elements: memory bound of the blocked reference (elements of one
-            (block, L, D) similarity block).
     """
 
-    paper_equation = "1-2"
-
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int = 8,
-        qkv_bias: bool = False,
-        qk_norm: bool = False,
-        scale_norm: bool = False,
-        proj_bias: bool = True,
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
-        norm_layer=None,
-        device=None,
-        dtype=None,
-        *,
-        causal: bool = False,
-        temperature: float = 1.0,
-        learn_temperature: bool = False,
-        max_block_elements: int = 1 << 24,
-    ) -> None:
-        super().__init__(
-            dim, num_heads, qkv_bias, qk_norm, scale_norm, proj_bias, attn_drop, proj_drop,
-            norm_layer, device, dtype, causal=causal,
-        )
-        if not (isinstance(temperature, (int, float)) and temperature > 0):
+    def __init__(self, *args: Any, temperature: float = 1.0, learn_temperature: bool = False,
+                 **kwargs: Any) -> None:
+        if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and temperature > 0):
             raise ValueError(f"temperature must be a positive number, got {temperature!r}")
-        log_tau = torch.full((num_heads,), math.log(float(temperature)), device=device, dtype=dtype)
+        super().__init__(*args, **kwargs)
+        log_tau = torch.full((self.num_heads,), math.log(float(temperature)), **self.factory_kwargs())
         if learn_temperature:
             self.log_temperature = nn.Parameter(log_tau)
         else:
             self.register_buffer("log_temperature", log_tau, persistent=False)
-        self.max_block_elements = int(max_block_elements)
         # tau = 1 and fixed: skip the multiply (it would also keep two more (B, H, L, d) tensors alive)
         self._unit_temperature = float(temperature) == 1.0 and not learn_temperature
 
@@ -71,6 +41,29 @@ class ElementwiseAttention(AttentionBase):
         s = torch.exp(-0.5 * self.log_temperature).to(q.dtype)
         s = s.view(1, -1, *([1] * (q.dim() - 2)))
         return q * s, k * s
+
+
+@register_attention("ea")
+class ElementwiseAttention(TemperatureScaledAttention):
+    """Full EA: y_i = sum_j e^{-(q_i-k_j)^2/tau} v_j / sum_j e^{-(q_i-k_j)^2/tau}, per channel.
+
+    x (B, L, D) -> (B, L, D). Heads only group channels for ``qk_norm`` (timm layout); the
+    mixing is per channel. O(L^2 D) compute, O(L D) memory (blocked, see
+    :func:`ea_zoo.functional.ea`). Decodes from a cache of past keys/values (not recurrent).
+
+    Args (besides :class:`TemperatureScaledAttention`'s ``temperature``, ``learn_temperature``):
+        max_block_elements: memory bound of the blocked reference (elements of one
+            (block, L, D) similarity block).
+    """
+
+    paper_equation = "1-2"
+    description = "full element-wise attention"
+
+    def __init__(self, *args: Any, max_block_elements: int = 1 << 24, **kwargs: Any) -> None:
+        if isinstance(max_block_elements, bool) or not isinstance(max_block_elements, int) or max_block_elements <= 0:
+            raise ValueError(f"max_block_elements must be a positive int, got {max_block_elements!r}")
+        super().__init__(*args, **kwargs)
+        self.max_block_elements = int(max_block_elements)
 
     def attend(self, q, k, v, key_padding_mask, causal):
         q, k = self.scale_qk(q, k)

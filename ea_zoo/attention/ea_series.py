@@ -4,20 +4,22 @@ Aliases ``ea2``, ``ea4``, ``ea6``, ``ea8`` bind ``order``.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from ea_zoo.attention.base import State
-from ea_zoo.attention.ea import ElementwiseAttention
+from ea_zoo.attention.ea import TemperatureScaledAttention
 from ea_zoo.functional.ea_series import check_order, ea_series, ea_series_init_state, ea_series_step
 from ea_zoo.registry import register_alias, register_attention
 
 
 @register_attention("ea_series")
-class EASeriesAttention(ElementwiseAttention):
+class EASeriesAttention(TemperatureScaledAttention):
     """EA-t: full EA with e^{2qk} replaced by its Taylor polynomial of highest degree t.
 
     x (B, L, D) -> (B, L, D), O(t L D) compute and memory; decodes with a fixed state of
     2 (t + 1) D numbers (+ D for the running stabiliser), independent of L.
 
-    Args (besides :class:`ElementwiseAttention`'s ``temperature``, ``learn_temperature``):
+    Args (besides :class:`~ea_zoo.attention.ea.TemperatureScaledAttention`'s ``temperature``, ``learn_temperature``):
         order: highest Taylor degree t, even (default 6). Odd raises ValueError unless
             ``allow_odd=True``.
         allow_odd: accept odd orders (weights may turn negative).
@@ -29,11 +31,11 @@ class EASeriesAttention(ElementwiseAttention):
 
     recurrent = True
     paper_equation = "5-6 (recurrent form: 7-16)"
+    description = "EA-series, Taylor polynomial of order t"
 
-    def __init__(self, dim: int, num_heads: int = 8, *args, order: int = 6, allow_odd: bool = False, **kwargs) -> None:
+    def __init__(self, *args: Any, order: int = 6, allow_odd: bool = False, **kwargs: Any) -> None:
         check_order(order, allow_odd)  # fail before any parameter is built
-        kwargs.pop("max_block_elements", None)
-        super().__init__(dim, num_heads, *args, **kwargs)
+        super().__init__(*args, **kwargs)
         self.order = order
         self.allow_odd = allow_odd
 

@@ -7,7 +7,7 @@ with one W (d x d) per head, initialised to the identity, and separate maps for 
 """
 from __future__ import annotations
 
-from typing import Optional, Type
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,35 +31,22 @@ class HedgehogAttention(KernelAttention):
     """
 
     paper_equation = "18 (Hedgehog feature map, Zhang et al. 2024)"
+    description = "Hedgehog linear attention (learned feature maps)"
 
     def __init__(
         self,
-        dim: int,
-        num_heads: int = 8,
-        qkv_bias: bool = False,
-        qk_norm: bool = False,
-        scale_norm: bool = False,
-        proj_bias: bool = True,
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
-        norm_layer: Optional[Type[nn.Module]] = None,
-        device=None,
-        dtype=None,
-        *,
-        causal: bool = False,
+        *args: Any,
         single_softmax: bool = False,
         eps: float = 1e-6,
         chunk_size: int = 64,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            dim, num_heads, qkv_bias, qk_norm, scale_norm, proj_bias, attn_drop, proj_drop,
-            norm_layer, device, dtype, causal=causal, eps=eps, chunk_size=chunk_size,
-        )
+        super().__init__(*args, eps=eps, chunk_size=chunk_size, **kwargs)
         self.single_softmax = bool(single_softmax)
         self.feature_dim = 2 * self.head_dim
-        eye = torch.eye(self.head_dim, device=device, dtype=dtype)
-        self.feature_map_q = nn.Parameter(eye.expand(num_heads, -1, -1).clone())
-        self.feature_map_k = nn.Parameter(eye.expand(num_heads, -1, -1).clone())
+        eye = torch.eye(self.head_dim, **self.factory_kwargs())
+        self.feature_map_q = nn.Parameter(eye.expand(self.num_heads, -1, -1).clone())
+        self.feature_map_k = nn.Parameter(eye.expand(self.num_heads, -1, -1).clone())
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, single_softmax={self.single_softmax}"

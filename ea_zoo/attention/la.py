@@ -5,10 +5,9 @@ Hedgehog and Based/Taylor in their own files): subclasses only define the featur
 """
 from __future__ import annotations
 
-from typing import Optional, Type
+from typing import Any
 
 import torch
-from torch import nn
 
 from ea_zoo.attention.base import AttentionBase, State
 from ea_zoo.functional.linear import (
@@ -102,34 +101,21 @@ class LinearAttention(KernelAttention):
     """
 
     paper_equation = "18"
+    description = "linear attention, kernel feature map phi(q) phi(k)^T"
 
     def __init__(
         self,
-        dim: int,
-        num_heads: int = 8,
-        qkv_bias: bool = False,
-        qk_norm: bool = False,
-        scale_norm: bool = False,
-        proj_bias: bool = True,
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
-        norm_layer: Optional[Type[nn.Module]] = None,
-        device=None,
-        dtype=None,
-        *,
-        causal: bool = False,
+        *args: Any,
         feature_map: str = "elu1",
         eps: float = 1e-6,
         chunk_size: int = 64,
+        **kwargs: Any,
     ) -> None:
         if feature_map not in FEATURE_MAPS:
             raise ValueError(
                 f"unknown feature_map {feature_map!r} for 'la'; valid: {', '.join(sorted(FEATURE_MAPS))}"
             )
-        super().__init__(
-            dim, num_heads, qkv_bias, qk_norm, scale_norm, proj_bias, attn_drop, proj_drop,
-            norm_layer, device, dtype, causal=causal, eps=eps, chunk_size=chunk_size,
-        )
+        super().__init__(*args, eps=eps, chunk_size=chunk_size, **kwargs)
         self.feature_map = feature_map
         self._phi = FEATURE_MAPS[feature_map]
         self.feature_dim = self.head_dim

@@ -5,13 +5,13 @@ grows with L, so it steps but is not ``recurrent``.
 """
 from __future__ import annotations
 
-from typing import Optional, Type
+from typing import Any, Optional
 
 import torch
-from torch import nn
 
 from ea_zoo.attention.base import AttentionBase, State
-from ea_zoo.functional.checks import check_key_padding_mask
+from ea_zoo.attention.masks import NormalizedMask, normalize_attn_mask
+from ea_zoo.functional.checks import drop_threshold
 from ea_zoo.functional.softmax import init_kv_cache, softmax_attention
 from ea_zoo.registry import register_attention
 
@@ -22,10 +22,13 @@ __all__ = ["SoftmaxAttention"]
 class SoftmaxAttention(AttentionBase):
     """Softmax attention: x (B, L, D) -> (B, L, D); heads (B, H, L, d), scale d**-0.5.
 
-    ``forward(x, attn_mask)`` takes either a (B, L) key-padding mask (True = keep) or any
-    mask timm/SDPA accept, broadcastable to (B, H, L, L) (bool True = keep, or additive
-    float). A 2-D mask of shape (B, L) is always read as key padding (so with B == L an
-    (L, L) mask is ambiguous: pass it as (1, 1, L, L)). ``attn_drop`` acts in training.
+    ``forward(x, attn_mask)`` follows the one mask rule (:mod:`ea_zoo.attention.masks`:
+    bool True = keep, float additive) and takes, besides the forms every backend takes, any
+    mask timm/SDPA accept, broadcastable to (B, H, L, L), passed on to SDPA. A 2-D mask of
+    shape (B, L) is always read as key padding (bool: True = keep; float: added to every
+    query's scores), so with B == L an (L, L) mask is ambiguous: pass it as (1, 1, L, L).
+    Keys that a mask drops for every query have their k, v selected away (NaN-proof).
+    ``attn_drop`` acts in training.
     Decoding: a KV cache (B, H, T, d) in the accumulation dtype; ``prefill`` appends L tokens
     in one SDPA call, ``step`` is its L = 1 case.
     """
@@ -33,52 +36,37 @@ class SoftmaxAttention(AttentionBase):
     recurrent = False
     supports_step = True
     paper_equation = "17"
+    description = "softmax attention (timm's ViT attention)"
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int = 8,
-        qkv_bias: bool = False,
-        qk_norm: bool = False,
-        scale_norm: bool = False,
-        proj_bias: bool = True,
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
-        norm_layer: Optional[Type[nn.Module]] = None,
-        device=None,
-        dtype=None,
-        *,
-        causal: bool = False,
-    ) -> None:
-        super().__init__(
-            dim, num_heads, qkv_bias, qk_norm, scale_norm, proj_bias, attn_drop, proj_drop,
-            norm_layer, device, dtype, causal=causal,
-        )
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.scale = self.head_dim ** -0.5
 
-    def prepare_mask(self, attn_mask: Optional[torch.Tensor], batch: int, seq_len: int):
-        """(B, L) -> validated bool key-padding mask; masks of 3+ dims pass through to SDPA
-        unchecked. A 2-D (L, L) mask (when B != L) is lifted to (1, 1, L, L) so ``attend``
-        can tell it apart; any other 2-D mask is validated as (B, L) key padding."""
-        if attn_mask is None:
-            return None
-        if not isinstance(attn_mask, torch.Tensor):
-            raise TypeError(f"attn_mask must be a torch.Tensor, got {type(attn_mask).__name__}")
-        if attn_mask.dim() == 2:
-            if tuple(attn_mask.shape) == (seq_len, seq_len) and batch != seq_len:
-                return attn_mask[None, None]
-            return check_key_padding_mask(attn_mask, batch, seq_len)
-        return attn_mask
+    def prepare_mask(self, attn_mask: Optional[torch.Tensor], batch: int, seq_len: int) -> NormalizedMask:
+        """The one mask rule (:func:`~ea_zoo.attention.masks.normalize_attn_mask`) with general
+        masks allowed: bool/integer (B, L) -> key padding; a float (B, L) -> an additive
+        (B, 1, 1, L) bias; an (L, L) mask (B != L) -> (1, 1, L, L); any other mask
+        broadcastable to (B, H, L, L) goes to SDPA as it is (integer masks as bool)."""
+        return normalize_attn_mask(attn_mask, batch, seq_len, backend=self.mask_name(),
+                                   num_heads=self.num_heads, general=True)
 
     def attend(self, q, k, v, key_padding_mask, causal):
-        """q, k, v (B, H, L, d) -> (B, H, L, d); ``key_padding_mask`` is whatever
-        :meth:`prepare_mask` returned: (B, L) key padding or a broadcastable SDPA mask."""
+        """q, k, v (B, H, L, d) -> (B, H, L, d); ``key_padding_mask`` is (B, L) bool key padding
+        or the general SDPA mask of :meth:`prepare_mask` (bool True = keep, float additive)."""
         kpm, mask = None, None
         if key_padding_mask is not None:
             if key_padding_mask.dim() == 2:
                 kpm = key_padding_mask
             else:
                 mask = key_padding_mask
+                # keys the mask drops for every query and head: k, v selected away (NaN-proof;
+                # their weight is exactly 0 in every row that keeps any key)
+                m4 = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
+                keep = m4 if m4.dtype == torch.bool else m4 > drop_threshold(m4.dtype)
+                col = keep.any(1).any(1).to(k.device)[:, None, :, None]  # (B or 1, 1, L, 1)
+                zero_k = torch.zeros((), dtype=k.dtype, device=k.device)
+                k = torch.where(col, k, zero_k)
+                v = torch.where(col, v, torch.zeros((), dtype=v.dtype, device=v.device))
         return softmax_attention(
             q, k, v, causal=causal, key_padding_mask=kpm, attn_mask=mask, scale=self.scale,
             dropout_p=self.attn_drop.p if self.training else 0.0,

@@ -12,7 +12,7 @@ attention is the normalised linear attention of eq. 18 with this phi.
 from __future__ import annotations
 
 import math
-from typing import Optional, Type
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,36 +35,23 @@ class TaylorAttention(KernelAttention):
     """
 
     paper_equation = "20 (with 18; Arora et al. 2024)"
+    description = "Taylor linear attention (2nd-order exp feature map)"
 
     def __init__(
         self,
-        dim: int,
-        num_heads: int = 8,
-        qkv_bias: bool = False,
-        qk_norm: bool = False,
-        scale_norm: bool = False,
-        proj_bias: bool = True,
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
-        norm_layer: Optional[Type[nn.Module]] = None,
-        device=None,
-        dtype=None,
-        *,
-        causal: bool = False,
+        *args: Any,
         feature_dim: int = 16,
         eps: float = 1e-6,
         chunk_size: int = 64,
+        **kwargs: Any,
     ) -> None:
         if not isinstance(feature_dim, int) or feature_dim <= 0:
             raise ValueError(f"feature_dim must be a positive int, got {feature_dim!r}")
-        super().__init__(
-            dim, num_heads, qkv_bias, qk_norm, scale_norm, proj_bias, attn_drop, proj_drop,
-            norm_layer, device, dtype, causal=causal, eps=eps, chunk_size=chunk_size,
-        )
+        super().__init__(*args, eps=eps, chunk_size=chunk_size, **kwargs)
         self.proj_dim = feature_dim
         self.feature_dim = 1 + feature_dim + feature_dim ** 2
         self.feature_proj = nn.Parameter(
-            torch.randn(num_heads, feature_dim, self.head_dim, device=device, dtype=dtype)
+            torch.randn(self.num_heads, feature_dim, self.head_dim, **self.factory_kwargs())
             * self.head_dim ** -0.5
         )
 

@@ -161,7 +161,7 @@ def _prefix_avg(k: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     the plain forward ops instead, so every op is seen and counted."""
     if torch.jit.is_tracing():
         return _prefix_avg_forward(k, u)[0]
-    return _PrefixAvg.apply(k, u)
+    return _PrefixAvg.apply(k, u)[0]
 
 
 def _log_cumsumexp(x: torch.Tensor) -> torch.Tensor:
@@ -171,17 +171,30 @@ def _log_cumsumexp(x: torch.Tensor) -> torch.Tensor:
     return _LogCumSumExp.apply(x)
 
 
+# The three functions below are written in the ``setup_context`` form with
+# ``generate_vmap_rule``: their forwards are plain tensor ops, so torch.func.vmap (and
+# torch.compile, which traces them) run them as they are.
+
+
 class _PrefixAvg(torch.autograd.Function):
-    """P(k, u) with a backward written in P and T (differentiable to any order)."""
+    """P(k, u) with a backward written in P and T (differentiable to any order). Returns
+    ``(P, lden)``, lden = logcumsumexp(k) (non-differentiable, kept for the backward)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, k, u):
-        r, lden = _prefix_avg_forward(k, u)
+    def forward(k, u):
+        return _prefix_avg_forward(k, u)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        k, u = inputs
+        r, lden = output
         ctx.save_for_backward(k, u, r, lden)
-        return r
+        ctx.mark_non_differentiable(lden)
 
     @staticmethod
-    def backward(ctx, g):
+    def backward(ctx, g, _glden):
         k, u, r, lden = ctx.saved_tensors
         tg = _SuffixApply.apply(k, g, lden)
         gk = u * tg - _SuffixApply.apply(k, g * r, lden) if ctx.needs_input_grad[0] else None
@@ -192,16 +205,21 @@ class _SuffixApply(torch.autograd.Function):
     """T(k, h) with a backward written in P and T. ``lden`` = logcumsumexp(k), passed in so
     it is not recomputed; it gets no gradient (T's backward differentiates through k)."""
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, k, h, lden):
-        t = _suffix_apply_forward(k, h, lden)
-        ctx.save_for_backward(k, h, t, lden)
-        return t
+    def forward(k, h, lden):
+        return _suffix_apply_forward(k, h, lden)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        k, h, lden = inputs
+        ctx.save_for_backward(k, h, output, lden)
 
     @staticmethod
     def backward(ctx, g):
         k, h, t, lden = ctx.saved_tensors
-        pg = _PrefixAvg.apply(k, g)
+        pg = _PrefixAvg.apply(k, g)[0]
         gk = g * t - _SuffixApply.apply(k, h * pg, lden) if ctx.needs_input_grad[0] else None
         return gk, pg, None
 
@@ -209,11 +227,15 @@ class _SuffixApply(torch.autograd.Function):
 class _LogCumSumExp(torch.autograd.Function):
     """logcumsumexp along -2 whose backward is T(x, g) (differentiable to any order)."""
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x):
-        y = _lcse(x)
-        ctx.save_for_backward(x, y)
-        return y
+    def forward(x):
+        return _lcse(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], output)
 
     @staticmethod
     def backward(ctx, g):

@@ -14,6 +14,14 @@ states every ``chunk_size`` tokens: nothing of size (t + 1) x L x D lives from t
 to the backward. The temporaries of one call are bounded by working on blocks of rows
 (``_rows_per_block``, ``_row_blocks``).
 
+Both forms run as ``torch.library`` custom ops (``ea_zoo::ea_series_parallel``,
+``ea_zoo::ea_series_causal`` / ``_causal_train`` and their ``_backward`` ops) with fake
+(meta) kernels and vmap rules that fold the vmapped dim into the leading dims, tied to their
+backward by ``setup_context``-style autograd Functions: the causal scan's choice of the exact
+fallback for unsafe chunks (a data-dependent branch) happens inside the op, in eager, so
+``torch.compile(fullgraph=True)``, ``torch.func.vmap`` (also of ``grad``) and ``meta`` tensors
+see no host sync. Eager results are bit-identical to the plain functions.
+
 Non-causal: every row sees every key, so one scale per channel, R = min_j k_j^2, is exact:
 the smallest-k^2 key has e^0 and nothing can underflow that matters.
 
@@ -44,6 +52,7 @@ gradient flows into ``initial_state`` (it is treated as data, as in truncated BP
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Dict, List, Optional
 
@@ -183,48 +192,32 @@ def _parallel_forward(q, k, v, km, order):
     return y, SZ, r
 
 
-class _ParallelFn(torch.autograd.Function):
-    """Non-causal EA-series (eq. 5) with a global per-channel scale; see module docstring.
-
-    Works on blocks of rows (keys, then queries) small enough to stay in cache; nothing but
-    q, k, v, y and the (2, t+1, ..., D) sums is saved for the backward."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, km, order):
-        y, SZ, r = _parallel_forward(q, k, v, km, order)
-        ctx.save_for_backward(q, k, v, km, y, SZ, r)
-        ctx.order = order
-        return y.to(v.dtype)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        q, k, v, km, y, SZ, r = ctx.saved_tensors
-        t = ctx.order
-        cd = _cd(q)
-        qc, kc, vc, g = q.to(cd), k.to(cd), v.to(cd), g.to(cd)
-        width = int(math.prod(qc.shape[:-2])) * qc.shape[-1]
-        dq = torch.empty_like(qc)
-        # G_n = sum_i q_i^n dnum_i (and dden), accumulated over query blocks
-        G = torch.zeros((2, t + 1) + SZ.shape[2:], dtype=cd, device=q.device)
-        for a, b in _row_blocks(qc.shape[-2], width):
-            qb = qc[..., a:b, :]
-            dnum = _ratio(g[..., a:b, :], _horner_c(SZ[1], qb))
-            dden = -dnum * y[..., a:b, :]
-            dq[..., a:b, :] = _row_q_grad(qb, SZ, dnum, dden)
-            pd = torch.stack([dnum, dden])
-            for n in range(t + 1):
-                G[:, n] += pd.sum(-2, keepdim=True)
-                if n < t:
-                    pd = pd * qb
-        dk, dv = torch.empty_like(kc), torch.empty_like(vc)
-        for a, b in _row_blocks(kc.shape[-2], width):
-            sl = (Ellipsis, slice(a, b), slice(None))
-            kz, vz, k2 = _masked(kc[sl], vc[sl], None if km is None else km[sl])
-            w = torch.exp(r - k2)  # e^{r - k^2} <= 1 (0 at padded keys)
-            dkb, dvb = _key_grads(kz, vz, G)
-            dk[sl], dv[sl] = dkb * w, dvb * w
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None
+def _parallel_backward(g, q, k, v, km, y, SZ, r, t):
+    """dq, dk, dv of the non-causal form (in q's, k's, v's dtypes) from the forward's y, SZ, r."""
+    cd = _cd(q)
+    qc, kc, vc, g = q.to(cd), k.to(cd), v.to(cd), g.to(cd)
+    width = int(math.prod(qc.shape[:-2])) * qc.shape[-1]
+    dq = torch.empty_like(qc)
+    # G_n = sum_i q_i^n dnum_i (and dden), accumulated over query blocks
+    G = torch.zeros((2, t + 1) + SZ.shape[2:], dtype=cd, device=q.device)
+    for a, b in _row_blocks(qc.shape[-2], width):
+        qb = qc[..., a:b, :]
+        dnum = _ratio(g[..., a:b, :], _horner_c(SZ[1], qb))
+        dden = -dnum * y[..., a:b, :]
+        dq[..., a:b, :] = _row_q_grad(qb, SZ, dnum, dden)
+        pd = torch.stack([dnum, dden])
+        for n in range(t + 1):
+            G[:, n] += pd.sum(-2, keepdim=True)
+            if n < t:
+                pd = pd * qb
+    dk, dv = torch.empty_like(kc), torch.empty_like(vc)
+    for a, b in _row_blocks(kc.shape[-2], width):
+        sl = (Ellipsis, slice(a, b), slice(None))
+        kz, vz, k2 = _masked(kc[sl], vc[sl], None if km is None else km[sl])
+        w = torch.exp(r - k2)  # e^{r - k^2} <= 1 (0 at padded keys)
+        dkb, dvb = _key_grads(kz, vz, G)
+        dk[sl], dv[sl] = dkb * w, dvb * w
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
 def _parallel_sums(kz, vz, k2, r, order):
@@ -242,14 +235,16 @@ def _parallel_sums(kz, vz, k2, r, order):
 def ea_series_parallel(q, k, v, order: int, key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Non-causal EA-series (eq. 5): q (..., Lq, D), k, v (..., Lk, D) -> (..., Lq, D) in v's dtype.
 
-    ``key_padding_mask``: (B, Lk) bool, True = keep. Validation is the caller's.
+    ``key_padding_mask``: (B, Lk) bool, True = keep. Validation is the caller's. Runs as the
+    custom op ``ea_zoo::ea_series_parallel`` (hand-written backward, fake and vmap rules), so
+    it works under ``torch.compile(fullgraph=True)``, ``torch.func.vmap`` and on ``meta``.
     """
     km = None
     if key_padding_mask is not None:
         km = key_padding_mask.to(k.device, torch.bool).view(k.shape[0], *([1] * (k.dim() - 3)), k.shape[-2], 1)
     if torch.jit.is_tracing():  # fvcore's FLOP count: trace the plain forward ops
         return _parallel_forward(q, k, v, km, int(order))[0].to(v.dtype)
-    return _ParallelFn.apply(q, k, v, km, int(order))
+    return _ParallelFn.apply(q, k, v, km, int(order))[0].to(v.dtype)
 
 
 # ============================================================================ causal
@@ -410,21 +405,22 @@ def _pairwise(q, k, v, k2, m, order, St, r):
 
 
 def _chunk_forward(q, k, v, km, s0, ref0, order, chunk, with_grad=False):
-    """The causal forward on blocks of rows: y (in the accumulation dtype), the final state
-    and scale, and each block's (chunk-start states, start scale) for the backward. With
-    ``with_grad``, y is ``(y, 1 / den, q factor)``: two (..., L, D) row factors that let the
-    backward skip rebuilding the (2, t+1) sums (dnum = g / den, dq = g * q factor)."""
+    """The causal forward on blocks of rows: ``(y, final state, final scale)``, y in the
+    accumulation dtype. With ``with_grad`` also what the backward needs, ``(y, inv, qf,
+    state, ref, St, r, rho)``: two (..., L, D) row factors that let the backward skip
+    rebuilding the (2, t+1) sums (dnum = g * inv, dq = g * qf), the chunk-start states St
+    (2, t+1, ..., N, D) and the chunk scales r, rho (1, ..., N, D) of all N chunks (the
+    blocks' pieces concatenated along the chunk dim, so they do not depend on the blocking)."""
     cd = _cd(q)
     qc, kc, vc = q.to(cd), k.to(cd), v.to(cd)
     *lead, L, D = qc.shape
     tau = _TAU[cd]
     rows = _rows_per_block(L, int(math.prod(lead)) * D, order, chunk)
     state, ref = s0.to(cd), ref0.to(cd)
-    ys, invs, qfs, starts = [], [], [], []
+    ys, invs, qfs, Sts, rs, rhos = [], [], [], [], [], []
     for b0 in range(0, L, rows):
         sl = (Ellipsis, slice(b0, min(L, b0 + rows)), slice(None))
         blk = _Block(qc[sl], kc[sl], vc[sl], None if km is None else km[sl], state, ref, order, chunk, tau)
-        starts.append((blk.St, ref, None if blk.idx is not None else (blk.r.clone(), blk.rho.clone())))
         nd = _horner_c(blk.R.transpose(0, 1), blk.q)
         num, den = nd[0], nd[1]
         if blk.idx is not None:
@@ -446,51 +442,68 @@ def _chunk_forward(q, k, v, km, s0, ref0, order, chunk, with_grad=False):
                 qf = torch.zeros_like(y)
             invs.append(blk.unpad(inv))
             qfs.append(blk.unpad(qf))
+            Sts.append(blk.St)
+            rs.append(blk.r)
+            rhos.append(blk.rho)
         ys.append(blk.unpad(y))
         state, ref = blk.final, blk.ref_out
         del blk
     cat = lambda xs: torch.cat(xs, dim=-2) if len(xs) > 1 else xs[0]  # noqa: E731
     if not with_grad:
-        return cat(ys), state, ref, starts, rows
-    return (cat(ys), cat(invs), cat(qfs)), state, ref, starts, rows
+        return cat(ys), state, ref
+    # St, r, rho: always fresh tensors (a custom op's outputs may not alias each other)
+    return (cat(ys), cat(invs), cat(qfs), state, ref, torch.cat(Sts, dim=-2), torch.cat(rs, dim=-2),
+            torch.cat(rhos, dim=-2))
 
 
-class _ChunkFn(torch.autograd.Function):
-    """Causal EA-series (eq. 6), prefix-stabilised chunked scan; see the module docstring."""
+def _chunk_backward(g, q, k, v, km, y, inv, qf, St, r, rho, ref0, order, chunk):
+    """dq, dk, dv of the causal form (in q's, k's, v's dtypes) from what
+    :func:`_chunk_forward` saved; the blocks are walked from the last to the first.
 
-    @staticmethod
-    def forward(ctx, q, k, v, km, s0, ref0, order, chunk):
-        (y, inv, qf), state, ref, starts, rows = _chunk_forward(q, k, v, km, s0, ref0, order, chunk, True)
-        # saved: q, k, v, y, the row factors 1 / den and dq / g (each (..., L, D)), and per
-        # block its chunk-start states (2, t+1, ..., L / C, D): O(L D), nothing (t+1) x L x D
-        scales = [sc for _, _, sc in starts]
-        ctx.save_for_backward(q, k, v, km, y, inv, qf, *[s for s, _, _ in starts], *[r for _, r, _ in starts],
-                              *[t for sc in scales if sc is not None for t in sc])
-        ctx.meta = (order, chunk, rows, len(starts), [sc is not None for sc in scales])
-        ctx.mark_non_differentiable(state, ref)
-        return y.to(v.dtype), state, ref
+    A block without unsafe chunks (read off its saved scales: the running minimum at a
+    chunk's end, rho, fell by more than tau below its start, r) needs no running minimum
+    per row; one with unsafe chunks rebuilds its rows' minima from the keys and the block's
+    start scale (the rho before it, ``ref0`` for the first block)."""
+    cd = _cd(q)
+    qc, kc, vc, g = q.to(cd), k.to(cd), v.to(cd), g.to(cd)
+    *lead, L, D = qc.shape
+    tau = _TAU[cd]
+    rows = _rows_per_block(L, int(math.prod(lead)) * D, order, chunk)
+    nb = -(-L // rows)
+    ref0 = ref0.to(cd)
+    inf = float("inf")
+    dq, dk, dv = torch.empty_like(qc), torch.empty_like(kc), torch.empty_like(vc)
+    G = None  # suffix state of the later blocks, at the scale of this block's last row
+    for bi in range(nb - 1, -1, -1):
+        a, b = bi * rows, min(L, bi * rows + rows)
+        sl = (Ellipsis, slice(a, b), slice(None))
+        c0, c1 = a // chunk, -(-b // chunk)  # rows is a multiple of chunk
+        rb, rhob = r[..., c0:c1, :], rho[..., c0:c1, :]
+        unsafe = (rhob < inf) & ~((rb < inf) & (rhob >= rb - tau))
+        scales = None if bool(unsafe.any()) else (rb, rhob)
+        ref = ref0 if bi == 0 else rho[0, ..., c0 - 1, :]
+        blk = _Block(qc[sl], kc[sl], vc[sl], None if km is None else km[sl], None, ref,
+                     order, chunk, tau, St=St[..., c0:c1, :], scales=scales)
+        G = _backward_block(blk, y[sl], g[sl], inv[sl], qf[sl], G, dq[sl], dk[sl], dv[sl],
+                            None if km is None else km[sl])
+        del blk
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g, _gs, _gr):
-        q, k, v, km, y, inv, qf, *st = ctx.saved_tensors
-        order, chunk, rows, nb, has_scales = ctx.meta
-        flat = iter(st[2 * nb:])
-        scales = [(next(flat), next(flat)) if h else None for h in has_scales]
-        cd = _cd(q)
-        qc, kc, vc, g = q.to(cd), k.to(cd), v.to(cd), g.to(cd)
-        L = qc.shape[-2]
-        tau = _TAU[cd]
-        dq, dk, dv = torch.empty_like(qc), torch.empty_like(kc), torch.empty_like(vc)
-        G = None  # suffix state of the later blocks, at the scale of this block's last row
-        for bi in range(nb - 1, -1, -1):
-            sl = (Ellipsis, slice(bi * rows, min(L, bi * rows + rows)), slice(None))
-            blk = _Block(qc[sl], kc[sl], vc[sl], None if km is None else km[sl], None, st[nb + bi],
-                         order, chunk, tau, St=st[bi], scales=scales[bi])
-            G = _backward_block(blk, y[sl], g[sl], inv[sl], qf[sl], G, dq[sl], dk[sl], dv[sl],
-                                None if km is None else km[sl])
-            del blk
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None
+
+@contextlib.contextmanager
+def _local_autograd():
+    """Autograd on, for a local ``torch.autograd.grad`` (the unsafe chunks' exact backward).
+
+    Inside a custom op's kernel the dispatcher excludes the autograd keys (``enable_grad``
+    alone records nothing there); they are put back for the block, the rest of the
+    dispatch state (autocast stays off) is kept."""
+    K = torch._C.DispatchKey
+    exc = torch._C._dispatch_tls_local_exclude_set()
+    for key in ("AutogradFunctionality", "AutogradOther", "AutogradNestedTensor"):
+        if hasattr(K, key):
+            exc = exc.remove(getattr(K, key))
+    with torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exc), torch.enable_grad():
+        yield
 
 
 def _backward_block(blk, y, g, inv, qf, G_after, dq_out, dk_out, dv_out, km):
@@ -540,7 +553,7 @@ def _backward_block(blk, y, g, inv, qf, G_after, dq_out, dk_out, dv_out, km):
     if unsafe:
         sel = blk.unsafe_row[blk.cidx].T
         zero = _zeros(dnum)
-        with torch.enable_grad():
+        with _local_autograd():
             lq, lk, lv = (t.detach().requires_grad_(True) for t in (blk.gq, blk.gk, blk.gv))
             nb_, db_ = blk.fallback(lq, lk, lv)
             grads = torch.autograd.grad(
@@ -593,14 +606,226 @@ def ea_series_chunk(
         y = v.new_zeros(v.shape)
         final = (s0, ref0)
     else:
-        if torch.jit.is_tracing() or not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
-            # no gradient wanted (inference, or fvcore's FLOP trace): the plain forward
-            y, sfin, rfin, _, _ = _chunk_forward(q, k, v, km, s0, ref0, int(order), int(chunk_size))
-            y = y.to(v.dtype)
-        else:
-            y, sfin, rfin = _ChunkFn.apply(q, k, v, km, s0, ref0, int(order), int(chunk_size))
+        if torch.jit.is_tracing():  # fvcore's FLOP count: trace the plain forward ops
+            y, sfin, rfin = _chunk_forward(q, k, v, km, s0, ref0, int(order), int(chunk_size))
+        elif torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+            y, _, _, sfin, rfin, _, _, _ = _CausalFn.apply(q, k, v, km, s0, ref0, int(order), int(chunk_size))
+        else:  # no gradient wanted: the forward alone (no row factors, no saved states)
+            y, sfin, rfin = torch.ops.ea_zoo.ea_series_causal(q, k, v, km, s0, ref0, int(order), int(chunk_size))
+        y = y.to(v.dtype)
         final = (sfin, rfin)
     if not output_final_state:
         return y
     sz, ref = final
     return y, {"s": sz[0], "z": sz[1], "ref": ref}
+
+
+# ============================================================================ custom ops
+# The PyTorch paths run as torch.library custom ops: opaque to torch.compile (the causal
+# scan picks its exact fallback for "unsafe" chunks with a data-dependent branch, which
+# runs in eager inside the op, never as a host sync in a traced graph), with fake (meta)
+# kernels for shapes and vmap rules that fold the vmapped dim into the leading (batch)
+# dims. The hand-written backward is an op too, tied to the forward by an autograd.Function
+# in the ``setup_context`` form (so torch.func transforms compose with it). Eager numerics
+# are exactly those of the functions above.
+
+_LIB = "ea_zoo"
+
+
+def _fold(x, bdim, size, pos=0):
+    """Move the vmapped dim of ``x`` to ``pos`` (or insert it there, expanded)."""
+    if bdim is None:
+        x = x.unsqueeze(pos)
+        return x.expand(*x.shape[:pos], size, *x.shape[pos + 1:])
+    return x.movedim(bdim, pos)
+
+
+def _fold_mask(km, bdim):
+    """km (B, 1.., L, 1) broadcasts against the folded k (V, B, ..., L, D) as it is; a
+    vmapped km gets its vmapped dim first."""
+    if km is None or bdim is None:
+        return km
+    return km.movedim(bdim, 0)
+
+
+# ---------------------------------------------------------------------------- non-causal
+@torch.library.custom_op(f"{_LIB}::ea_series_parallel", mutates_args=(),
+                         schema="(Tensor q, Tensor k, Tensor v, Tensor? km, int order) -> (Tensor, Tensor, Tensor)")
+def _parallel_op(q, k, v, km, order):
+    """(y in the accumulation dtype, the sums SZ (2, t+1, ..., 1, D), the scale r (..., 1, D))."""
+    y, SZ, r = _parallel_forward(q, k, v, km, order)
+    return y, SZ, r
+
+
+@_parallel_op.register_fake
+def _(q, k, v, km, order):
+    cd, lead, D = _cd(q), q.shape[:-2], q.shape[-1]
+    return (q.new_empty(q.shape, dtype=cd), q.new_empty((2, order + 1, *lead, 1, D), dtype=cd),
+            q.new_empty((*lead, 1, D), dtype=cd))
+
+
+@torch.library.custom_op(f"{_LIB}::ea_series_parallel_backward", mutates_args=(),
+                         schema="(Tensor g, Tensor q, Tensor k, Tensor v, Tensor? km, Tensor y, Tensor SZ, "
+                                "Tensor r, int order) -> (Tensor, Tensor, Tensor)")
+def _parallel_bwd_op(g, q, k, v, km, y, SZ, r, order):
+    return _parallel_backward(g, q, k, v, km, y, SZ, r, order)
+
+
+@_parallel_bwd_op.register_fake
+def _(g, q, k, v, km, y, SZ, r, order):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+class _ParallelFn(torch.autograd.Function):
+    """Autograd of ``ea_zoo::ea_series_parallel``: the hand-written first-order backward.
+    ``setup_context`` form with a generated vmap rule, so torch.func transforms
+    (``vmap(grad(...))``) compose with it; its forward and backward are the custom ops."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(q, k, v, km, order):
+        return _parallel_op(q, k, v, km, order)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        q, k, v, km, order = inputs
+        y, SZ, r = output
+        ctx.save_for_backward(q, k, v, km, y, SZ, r)
+        ctx.order = order
+        ctx.mark_non_differentiable(SZ, r)
+
+    @staticmethod
+    def backward(ctx, gy, _gsz, _gr):
+        q, k, v, km, y, SZ, r = ctx.saved_tensors
+        with torch.no_grad():  # first-order only: the gradient carries no graph
+            dq, dk, dv = _parallel_bwd_op(gy, q, k, v, km, y, SZ, r, ctx.order)
+        return dq, dk, dv, None, None
+
+
+@_parallel_op.register_vmap
+def _(info, in_dims, q, k, v, km, order):
+    bq, bk, bv, bm, _ = in_dims
+    V = info.batch_size
+    y, SZ, r = _parallel_op(_fold(q, bq, V), _fold(k, bk, V), _fold(v, bv, V), _fold_mask(km, bm), order)
+    return (y, SZ, r), (0, 2, 0)
+
+
+@_parallel_bwd_op.register_vmap
+def _(info, in_dims, g, q, k, v, km, y, SZ, r, order):
+    V = info.batch_size
+    bg, bq, bk, bv, bm, by, bs, br, _ = in_dims
+    out = _parallel_bwd_op(_fold(g, bg, V), _fold(q, bq, V), _fold(k, bk, V), _fold(v, bv, V),
+                           _fold_mask(km, bm), _fold(y, by, V), _fold(SZ, bs, V, 2), _fold(r, br, V), order)
+    return out, (0, 0, 0)
+
+
+# ---------------------------------------------------------------------------- causal
+def _causal_fake_shapes(q, order, chunk):
+    cd, lead, (L, D) = _cd(q), q.shape[:-2], q.shape[-2:]
+    N = (L + chunk - 1) // chunk
+    return cd, lead, L, D, N
+
+
+@torch.library.custom_op(f"{_LIB}::ea_series_causal", mutates_args=(),
+                         schema="(Tensor q, Tensor k, Tensor v, Tensor? km, Tensor s0, Tensor ref0, int order, "
+                                "int chunk) -> (Tensor, Tensor, Tensor)")
+def _causal_op(q, k, v, km, s0, ref0, order, chunk):
+    """Inference: (y in the accumulation dtype, final state (2, t+1, ..., D), final ref (..., D))."""
+    return _chunk_forward(q, k, v, km, s0, ref0, order, chunk)
+
+
+@_causal_op.register_fake
+def _(q, k, v, km, s0, ref0, order, chunk):
+    cd, lead, L, D, N = _causal_fake_shapes(q, order, chunk)
+    return (q.new_empty(q.shape, dtype=cd), q.new_empty((2, order + 1, *lead, D), dtype=cd),
+            q.new_empty((*lead, D), dtype=cd))
+
+
+@torch.library.custom_op(f"{_LIB}::ea_series_causal_train", mutates_args=(),
+                         schema="(Tensor q, Tensor k, Tensor v, Tensor? km, Tensor s0, Tensor ref0, int order, "
+                                "int chunk) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+def _causal_train_op(q, k, v, km, s0, ref0, order, chunk):
+    """Training: (y, inv, qf, state, ref, St, r, rho), see :func:`_chunk_forward`."""
+    return _chunk_forward(q, k, v, km, s0, ref0, order, chunk, True)
+
+
+@_causal_train_op.register_fake
+def _(q, k, v, km, s0, ref0, order, chunk):
+    cd, lead, L, D, N = _causal_fake_shapes(q, order, chunk)
+    T1 = order + 1
+
+    def new(*shape):
+        return q.new_empty(shape, dtype=cd)
+
+    return (new(*q.shape), new(*q.shape), new(*q.shape), new(2, T1, *lead, D), new(*lead, D),
+            new(2, T1, *lead, N, D), new(1, *lead, N, D), new(1, *lead, N, D))
+
+
+@torch.library.custom_op(f"{_LIB}::ea_series_causal_backward", mutates_args=(),
+                         schema="(Tensor g, Tensor q, Tensor k, Tensor v, Tensor? km, Tensor y, Tensor inv, "
+                                "Tensor qf, Tensor St, Tensor r, Tensor rho, Tensor ref0, int order, int chunk) "
+                                "-> (Tensor, Tensor, Tensor)")
+def _causal_bwd_op(g, q, k, v, km, y, inv, qf, St, r, rho, ref0, order, chunk):
+    return _chunk_backward(g, q, k, v, km, y, inv, qf, St, r, rho, ref0, order, chunk)
+
+
+@_causal_bwd_op.register_fake
+def _(g, q, k, v, km, y, inv, qf, St, r, rho, ref0, order, chunk):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+class _CausalFn(torch.autograd.Function):
+    """Autograd of ``ea_zoo::ea_series_causal_train`` (see :class:`_ParallelFn`)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(q, k, v, km, s0, ref0, order, chunk):
+        return _causal_train_op(q, k, v, km, s0, ref0, order, chunk)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        q, k, v, km, s0, ref0, order, chunk = inputs
+        y, inv, qf, state, ref, St, r, rho = output
+        # saved: q, k, v, y, the row factors 1 / den and dq / g (each (..., L, D)), the
+        # chunk-start states (2, t+1, ..., L / C, D) and scales: O(L D), nothing (t+1) x L x D
+        ctx.save_for_backward(q, k, v, km, y, inv, qf, St, r, rho, ref0)
+        ctx.order, ctx.chunk = order, chunk
+        ctx.mark_non_differentiable(inv, qf, state, ref, St, r, rho)
+
+    @staticmethod
+    def backward(ctx, gy, *_):
+        q, k, v, km, y, inv, qf, St, r, rho, ref0 = ctx.saved_tensors
+        with torch.no_grad():  # first-order only: the gradient carries no graph
+            dq, dk, dv = _causal_bwd_op(gy, q, k, v, km, y, inv, qf, St, r, rho, ref0, ctx.order, ctx.chunk)
+        return dq, dk, dv, None, None, None, None, None
+
+
+def _fold_causal_inputs(info, in_dims, q, k, v, km, s0, ref0):
+    bq, bk, bv, bm, bs, br = in_dims[:6]
+    V = info.batch_size
+    return (_fold(q, bq, V), _fold(k, bk, V), _fold(v, bv, V), _fold_mask(km, bm),
+            _fold(s0, bs, V, 2), _fold(ref0, br, V))
+
+
+@_causal_op.register_vmap
+def _(info, in_dims, q, k, v, km, s0, ref0, order, chunk):
+    out = _causal_op(*_fold_causal_inputs(info, in_dims, q, k, v, km, s0, ref0), order, chunk)
+    return out, (0, 2, 0)
+
+
+@_causal_train_op.register_vmap
+def _(info, in_dims, q, k, v, km, s0, ref0, order, chunk):
+    out = _causal_train_op(*_fold_causal_inputs(info, in_dims, q, k, v, km, s0, ref0), order, chunk)
+    return out, (0, 0, 0, 2, 0, 2, 1, 1)
+
+
+@_causal_bwd_op.register_vmap
+def _(info, in_dims, g, q, k, v, km, y, inv, qf, St, r, rho, ref0, order, chunk):
+    V = info.batch_size
+    bg, bq, bk, bv, bm, by, bi, bf, bS, br, bh, b0 = in_dims[:12]
+    out = _causal_bwd_op(_fold(g, bg, V), _fold(q, bq, V), _fold(k, bk, V), _fold(v, bv, V), _fold_mask(km, bm),
+                         _fold(y, by, V), _fold(inv, bi, V), _fold(qf, bf, V), _fold(St, bS, V, 2),
+                         _fold(r, br, V, 1), _fold(rho, bh, V, 1), _fold(ref0, b0, V), order, chunk)
+    return out, (0, 0, 0)

@@ -2,12 +2,15 @@
 
 Importing :mod:`ea_zoo` registers, with timm's own model registry:
 
-* ``vit_{tiny,small,base}_patch16_224_{backend}`` for every backend in :data:`VIT_BACKENDS`;
+* ``vit_{tiny,small,base}_patch16_224_{backend}`` for every registered attention name and
+  alias (:data:`VIT_BACKENDS`, read from the registry at each use). The names come from a
+  registry hook (:func:`ea_zoo.registry.add_registration_hook`), so a backend registered
+  later, from any module, is a timm model at once;
 * the short names of :data:`SHORT_NAMES` (ViT-Small/16 at 224), e.g. ``vit_ea6``.
 
 Every model is timm's own :class:`~timm.models.vision_transformer.VisionTransformer` with
 ``attn_layer`` set to the backend class (bound to its options by
-:func:`~ea_zoo.models.binding.bind_attention`); nothing of the ViT is forked, so
+:meth:`ea_zoo.registry.AttentionSpec.bind`); nothing of the ViT is forked, so
 ``forward_features``, ``forward_head``, ``reset_classifier``, ``set_grad_checkpointing``,
 ``forward_intermediates``, ``features_only=True``, FX feature extraction and
 ``torch.compile`` behave as for any timm ViT.
@@ -18,16 +21,30 @@ overridden and exported::
     timm.create_model("vit_ea6")                                      # EA-6 ViT-S/16
     timm.create_model("vit_ea6", attention="ea4")                      # EA-4 instead
     timm.create_model("vit_ea6", attention={"name": "ea_series", "order": 8})
+    timm.create_model("vit_ea6", attention="ea6+sa@3,7")               # SA in blocks 3 and 7
+    timm.create_model("vit_ea6", attention={"default": "ea6", "layers": {3: "sa"}})
     timm.create_model("vit_small_patch16_224_sa", num_classes=10, img_size=32, patch_size=4)
+
+**Per-layer (hybrid) attention.** ``attention=`` also takes a per-layer spec
+(:class:`ea_zoo.registry.HybridSpec`: a list with one spec per block, ``{"default": spec,
+"layers": {index: spec}}`` or a label ``"ea6+sa@3,7"``). timm's VisionTransformer takes one
+``attn_layer`` class: the model is built with the default spec's class, then ``blocks[i].attn``
+of every other layer is replaced by its spec's module, built with the same host arguments
+(:meth:`~ea_zoo.attention.base.AttentionBase.host_config`), initialised as timm initialises
+the ViT and given the replaced layer's shared projections (``qkv``, ``proj``, norms), all
+before pretrained weights load. Bad indices, duplicates and a list of the wrong length are
+ValueErrors raised before anything is built. ``model.attention_spec`` and
+``model._model_args["attention"]`` hold ``spec.to_config()``.
 
 No weights are published: ``pretrained=True`` needs a local file, through timm's
 ``pretrained_cfg_overlay=dict(file="model.pth")`` (goes through timm's checkpoint filter,
 so a 224 checkpoint resamples its position embedding) or ``checkpoint_path="model.pth"``.
 
-Backends with a length-dependent parameter (``max_len`` of ``aft_full``/``aft_local``) get
-``max_len`` = number of tokens, patches plus class/register tokens, from ``img_size`` and
-``patch_size`` unless the spec sets it. Such a model cannot run at a larger
-``dynamic_img_size`` than it was built for.
+Backends with a length-dependent option (the class attribute ``length_option``, e.g.
+``max_len`` of ``aft_full``/``aft_local``) get the number of tokens, patches plus
+class/register tokens, from ``img_size`` and ``patch_size``
+(:meth:`~ea_zoo.registry.AttentionSpec.with_length`) unless the spec sets it. Such a model
+cannot run at a larger ``dynamic_img_size`` than it was built for.
 
 TorchScript: :func:`script_model` scripts a model or raises
 :class:`TorchScriptUnsupportedError` naming the backend and the reason (the first
@@ -36,10 +53,12 @@ backend in :data:`TORCHSCRIPT_STATUS`.
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 import warnings
-from typing import Any, Dict, List, Optional, Tuple
+from collections.abc import Sequence as _SequenceABC
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -48,11 +67,12 @@ import timm
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.layers import register_notrace_module, to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
-from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from timm.models._manipulate import named_apply
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn, get_init_weights_vit
 
 from ea_zoo.attention.base import AttentionBase
-from ea_zoo.models.binding import attention_label, bind_attention, normalize_attention
-from ea_zoo.registry import attention_options, resolve_attention
+from ea_zoo.models.binding import attention_description
+from ea_zoo.registry import AttentionSpec, HybridSpec, add_registration_hook, list_attentions, parse_attention
 
 __all__ = [
     "VIT_BACKENDS",
@@ -61,19 +81,61 @@ __all__ = [
     "VIT_MODEL_NAMES",
     "TORCHSCRIPT_STATUS",
     "TorchScriptUnsupportedError",
+    "LiveNames",
+    "vit_backends",
     "create_vit",
+    "create_timm_model",
     "vit_attention_layer",
+    "replace_attention_layers",
     "script_model",
     "torchscript_support",
 ]
 
-#: backends with a ``vit_{size}_patch16_224_{backend}`` name
-VIT_BACKENDS: Tuple[str, ...] = (
-    "sa", "la", "la_identity", "aft_full", "aft_simple", "aft_local", "hedgehog", "taylor",
-    "ea", "ea2", "ea4", "ea6", "ea8",
-)
 
-#: timm's ViT-Ti/16, ViT-S/16 and ViT-B/16 architecture arguments
+class LiveNames(_SequenceABC):
+    """A read-only tuple-like view of names that reads its source at every use (so names
+    registered later are in it): iterate, index, ``len``, ``in``, compare with a tuple."""
+
+    def __init__(self, source: Callable[[], Sequence[str]], what: str) -> None:
+        self._source = source
+        self._what = what
+
+    def _names(self) -> Tuple[str, ...]:
+        return tuple(self._source())
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self._names()[i]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, (tuple, list, LiveNames)) and self._names() == tuple(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<{self._what}: {self._names()!r}>"
+
+
+def vit_backends() -> Tuple[str, ...]:
+    """Attention names with ``vit_{size}_patch16_224_{name}`` models: every registered name
+    and alias, now."""
+    return tuple(list_attentions())
+
+
+#: backends with a ``vit_{size}_patch16_224_{backend}`` name (a live view of the registry)
+VIT_BACKENDS = LiveNames(vit_backends, "registered attention names")
+
+#: timm's ViT-Ti/16, ViT-S/16 and ViT-B/16 architecture arguments: the one place ea_zoo states
+#: them (configs/model/vit_*.yaml name timm's models and add nothing; a test checks these
+#: against timm's own vit_{size}_patch16_224)
 VIT_SIZES: Dict[str, Dict[str, Any]] = {
     "tiny": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3),
     "small": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),
@@ -85,35 +147,13 @@ VIT_SIZES: Dict[str, Dict[str, Any]] = {
 #: other efficient backends; use ``vit_small_patch16_224_aft_full``/``_aft_local`` for the
 #: others.
 SHORT_NAMES: Dict[str, Tuple[str, str]] = {
-    "vit_sa": ("small", "sa"),
-    "vit_la": ("small", "la"),
+    **{f"vit_{b}": ("small", b) for b in ("sa", "la", "hedgehog", "taylor", "ea", "ea2", "ea6")},
     "vit_aft": ("small", "aft_simple"),
-    "vit_hedgehog": ("small", "hedgehog"),
-    "vit_taylor": ("small", "taylor"),
-    "vit_ea": ("small", "ea"),
-    "vit_ea2": ("small", "ea2"),
-    "vit_ea6": ("small", "ea6"),
 }
 
 # fx: trace through the ViT, keep every attention backend a leaf module (their forward
 # validates shapes in Python, which symbolic tracing cannot follow)
 register_notrace_module(AttentionBase)
-
-_BACKEND_DESC = {
-    "sa": "softmax attention (timm's ViT attention; Feng 2025 eq. 17)",
-    "la": "linear attention, elu+1 feature map",
-    "la_identity": "linear attention, identity feature map (de Brebisson & Vincent 2016)",
-    "aft_full": "AFT-full, learned L x L position biases (Feng 2025 eq. 19)",
-    "aft_simple": "AFT-simple, no position biases",
-    "aft_local": "AFT-local, windowed position biases",
-    "hedgehog": "Hedgehog linear attention (learned feature maps)",
-    "taylor": "Taylor linear attention (2nd-order exp feature map)",
-    "ea": "full element-wise attention (Feng 2025 eq. 1-2)",
-    "ea2": "EA-series, Taylor order 2 (Feng 2025 eq. 5)",
-    "ea4": "EA-series, Taylor order 4",
-    "ea6": "EA-series, Taylor order 6",
-    "ea8": "EA-series, Taylor order 8",
-}
 
 
 def _cfg(description: str = "", **kwargs: Any) -> Dict[str, Any]:
@@ -140,25 +180,44 @@ def _cfg(description: str = "", **kwargs: Any) -> Dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- names
-def _variants() -> Dict[str, Tuple[Dict[str, Any], str, str]]:
-    """name -> (architecture args, default attention, description)."""
-    out = {}
-    for size, args in VIT_SIZES.items():
-        for backend in VIT_BACKENDS:
-            out[f"vit_{size}_patch16_224_{backend}"] = (
-                args, backend, f"ViT-{size.capitalize()}/16 @224 with {_BACKEND_DESC[backend]}")
-    for short, (size, backend) in SHORT_NAMES.items():
-        out[short] = (VIT_SIZES[size], backend,
-                      f"ViT-{size.capitalize()}/16 @224 with {_BACKEND_DESC[backend]} "
-                      f"(= vit_{size}_patch16_224_{backend})")
-    return out
+#: name -> (architecture args, default attention, description); filled by the registry hook
+_VARIANTS: Dict[str, Tuple[Dict[str, Any], str, str]] = {}
+#: timm reads a module's ``default_cfgs`` when a name is registered
+default_cfgs: Dict[str, Any] = {}
+
+#: every ViT name ea_zoo registers with timm (a live view: grows with the registry)
+VIT_MODEL_NAMES = LiveNames(lambda: tuple(_VARIANTS), "ea_zoo ViT names")
 
 
-_VARIANTS = _variants()
-#: every ViT name ea_zoo registers with timm
-VIT_MODEL_NAMES: Tuple[str, ...] = tuple(_VARIANTS)
+def _make_entrypoint(name: str, arch_args: Dict[str, Any], backend: str, desc: str):
+    def entrypoint(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+        attention = kwargs.pop("attention", None)
+        return create_vit(name, pretrained, attention=backend if attention is None else attention,
+                          arch_args=arch_args, **kwargs)
 
-default_cfgs = generate_default_cfgs({name: _cfg(desc) for name, (_, _, desc) in _VARIANTS.items()})
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__module__ = __name__
+    entrypoint.__doc__ = (f"{desc}.\n\n    Architecture {arch_args}; default attention {backend!r}, "
+                          "override with attention=<name, config or per-layer spec>.")
+    return entrypoint
+
+
+def _register_backend(backend: str) -> None:
+    """Registry hook: the timm names of ``backend`` (one per size, and its short names)."""
+    desc = attention_description(backend)
+    names = [(f"vit_{size}_patch16_224_{backend}", size, f"ViT-{size.capitalize()}/16 @224 with {desc}")
+             for size in VIT_SIZES]
+    names += [(short, size, f"ViT-{size.capitalize()}/16 @224 with {desc} (= vit_{size}_patch16_224_{backend})")
+              for short, (size, b) in SHORT_NAMES.items() if b == backend]
+    for name, size, text in names:
+        if name in _VARIANTS:
+            continue
+        _VARIANTS[name] = (VIT_SIZES[size], backend, text)
+        default_cfgs.update(generate_default_cfgs({name: _cfg(text)}))
+        globals()[name] = register_model(_make_entrypoint(name, VIT_SIZES[size], backend, text))
+
+
+add_registration_hook(_register_backend)
 
 
 # ----------------------------------------------------------------------------- builders
@@ -173,18 +232,69 @@ def _num_tokens(kwargs: Dict[str, Any], default_img_size: int = 224) -> int:
 
 
 def vit_attention_layer(attention: Any, num_tokens: Optional[int] = None) -> type:
-    """The ``attn_layer`` class for a spec; sets ``max_len=num_tokens`` where the backend has
-    a ``max_len`` option the spec leaves unset."""
-    spec = normalize_attention(attention)
-    cls, opts = resolve_attention(spec)
-    extra = {}
-    if "max_len" in attention_options(cls) and "max_len" not in opts:
-        if num_tokens is None:
-            raise ValueError(
-                f"attention {attention_label(spec)!r} has a max_len option: give it in the attention "
-                "config or pass the token count")
-        extra["max_len"] = int(num_tokens)
-    return bind_attention(spec, **extra)
+    """The ``attn_layer`` class of a single-backend spec, its ``length_option`` (AFT's
+    ``max_len``) set to ``num_tokens`` unless the spec sets it."""
+    spec = AttentionSpec.parse(attention).with_length(num_tokens)
+    opt = getattr(spec.cls, "length_option", None)
+    if opt is not None and opt not in spec.all_options:
+        raise ValueError(f"attention {spec.label!r} has a {opt} option: give it in the attention config or pass "
+                         "the token count")
+    return spec.bind()
+
+
+def _layer_classes(spec: Any, depth: int, num_tokens: Optional[int]) -> List[type]:
+    """One ``attn_layer`` class per block (ValueError for a per-layer spec that does not fit
+    ``depth``), before anything is built."""
+    spec = parse_attention(spec)
+    if isinstance(spec, AttentionSpec):
+        return [vit_attention_layer(spec, num_tokens)] * depth
+    return [vit_attention_layer(s, num_tokens) for s in spec.per_layer(depth)]
+
+
+def replace_attention_layers(model: nn.Module, layer_classes: Sequence[type], weight_init: str = "") -> nn.Module:
+    """Give ``model.blocks[i].attn`` the class ``layer_classes[i]`` where it has another one.
+
+    Each new module is built with the replaced one's host arguments
+    (:meth:`~ea_zoo.attention.base.AttentionBase.host_config`), device and dtype, initialised
+    with timm's ViT init (``weight_init``; ``"skip"``: none) and given the replaced module's
+    parameters it shares (``qkv``, ``proj``, the norms: timm's init, ``fix_init`` and any
+    loaded weights carry over). Returns ``model``.
+    """
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise ValueError(f"{type(model).__name__} has no .blocks: per-layer attention needs a VisionTransformer")
+    if len(layer_classes) != len(blocks):
+        raise ValueError(f"{len(layer_classes)} attention classes for a model of depth {len(blocks)}")
+    for blk, cls in zip(blocks, layer_classes):
+        old = blk.attn
+        if type(old) is cls:
+            continue
+        new = cls(**old.host_config(), **old.factory_kwargs())
+        if weight_init != "skip":
+            named_apply(get_init_weights_vit(weight_init or ""), new)
+        own = new.state_dict()
+        shared = {k: v for k, v in old.state_dict().items() if k in own and own[k].shape == v.shape}
+        new.load_state_dict(shared, strict=False)
+        blk.attn = new.train(old.training)
+    return model
+
+
+def _vit_with_layers(layer_classes: Sequence[type], **kwargs: Any) -> VisionTransformer:
+    """timm's VisionTransformer with the first class as ``attn_layer``, the other blocks'
+    attention replaced (:func:`replace_attention_layers`)."""
+    model = VisionTransformer(attn_layer=layer_classes[0], **kwargs)
+    return replace_attention_layers(model, layer_classes, kwargs.get("weight_init", ""))
+
+
+def _record(model: nn.Module, spec: Any) -> nn.Module:
+    """Record the spec's JSON form: ``model.attention_spec`` and ``_model_args['attention']``
+    (the reconstruction args timm's save_config_for_hf writes)."""
+    config = parse_attention(spec).to_config()
+    args = dict(getattr(model, "_model_args", {}))
+    args.pop("attn_layer", None)  # a class: not serialisable; the spec is kept instead
+    model._model_args = dict(args, attention=config)
+    model.attention_spec = config
+    return model
 
 
 def _check_pretrained_source(variant: str, kwargs: Dict[str, Any]) -> None:
@@ -204,96 +314,85 @@ def _check_pretrained_source(variant: str, kwargs: Dict[str, Any]) -> None:
 
 def create_vit(variant: str, pretrained: bool = False, *, attention: Any, arch_args: Dict[str, Any],
                **kwargs: Any) -> VisionTransformer:
-    """Build ``variant``: timm's VisionTransformer(attn_layer=<bound backend>, **arch_args, **kwargs)."""
+    """Build ``variant``: timm's VisionTransformer(attn_layer=<bound backend>, **arch_args,
+    **kwargs); a per-layer ``attention`` replaces the blocks that differ from its default."""
     if "attn_layer" in kwargs:
         raise ValueError(
             f"{variant}: choose the attention with attention=<name or config> "
             f"(e.g. attention='ea6' or {{'name': 'ea_series', 'order': 4}}), not attn_layer")
-    spec = normalize_attention(attention)
+    spec = parse_attention(attention)
     model_args = {**arch_args, **kwargs}
-    attn_layer = vit_attention_layer(spec, _num_tokens(model_args))
+    classes = _layer_classes(spec, int(model_args.get("depth", 12)), _num_tokens(model_args))
     if pretrained:
         _check_pretrained_source(variant, kwargs)
     out_indices = model_args.pop("out_indices", 3)
+    hybrid = len(set(classes)) > 1
     model = build_model_with_cfg(
-        VisionTransformer,
+        functools.partial(_vit_with_layers, classes) if hybrid else VisionTransformer,
         variant,
         pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
-        attn_layer=attn_layer,
+        **({} if hybrid else {"attn_layer": classes[0]}),
         **model_args,
     )
     # reconstruction args for timm's save_config_for_hf (timm.create_model adds its kwargs)
-    model._model_args = dict(getattr(model, "_model_args", {}), attention=spec)
-    model.attention_spec = spec
-    return model
-
-
-def _make_entrypoint(name: str, arch_args: Dict[str, Any], backend: str, desc: str):
-    def entrypoint(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
-        attention = kwargs.pop("attention", None)
-        return create_vit(name, pretrained, attention=backend if attention is None else attention,
-                          arch_args=arch_args, **kwargs)
-
-    entrypoint.__name__ = entrypoint.__qualname__ = name
-    entrypoint.__module__ = __name__
-    entrypoint.__doc__ = (f"{desc}.\n\n    Architecture {arch_args}; default attention {backend!r}, "
-                          "override with attention=<name or config>.")
-    return entrypoint
-
-
-for _name, (_args, _backend, _desc) in _VARIANTS.items():
-    globals()[_name] = register_model(_make_entrypoint(_name, _args, _backend, _desc))
+    return _record(model, spec)
 
 
 # ----------------------------------------------------------------------------- any timm ViT
+_PROBE_SKIP = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir",
+               "features_only", "out_indices", "feature_cls", "device", "dtype")
+
+
 def create_timm_model(model_name: str, attention: Any = None, **kwargs: Any) -> nn.Module:
-    """``timm.create_model(model_name, **kwargs)`` with the attention swapped for ``attention``.
+    """``timm.create_model(model_name, **kwargs)`` with the attention swapped for ``attention``
+    (one spec or a per-layer spec).
 
     For ea_zoo's own names ``attention`` overrides the default backend. For any other timm
     model built on ``VisionTransformer`` (``vit_*``, ``deit_*``, ...) the backend class goes in
-    as ``attn_layer``; everything else, including ``pretrained=True`` (timm's softmax-attention
-    weights, loaded strictly: backends with extra parameters need ``pretrained_strict=False``
-    or a local file), is timm's. The swapped model records the spec as ``model.attention_spec``.
+    as ``attn_layer`` (a per-layer spec: the default's class, then the other blocks replaced);
+    everything else, including ``pretrained=True`` (timm's softmax-attention weights, loaded
+    strictly: backends with extra parameters need ``pretrained_strict=False`` or a local
+    file), is timm's. The swapped model records the spec as ``model.attention_spec``.
     """
     base = model_name.split(".", 1)[0]
-    if base in _VARIANTS:
-        if attention is not None:
-            kwargs["attention"] = normalize_attention(attention)
-        return timm.create_model(model_name, **kwargs)
     if attention is None:
         return timm.create_model(model_name, **kwargs)
+    spec = parse_attention(attention)
+    if base in _VARIANTS:
+        return _record(timm.create_model(model_name, attention=spec, **kwargs), spec)
     if not timm.is_model(base):
         raise ValueError(f"unknown model {model_name!r}: not an ea_zoo model and not a timm model")
-    spec = normalize_attention(attention)
-    cls, opts = resolve_attention(spec)
-    num_tokens = None
-    if "max_len" in attention_options(cls) and "max_len" not in opts:
-        probe_kw = {k: v for k, v in kwargs.items() if k not in (
-            "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir",
-            "features_only", "out_indices", "feature_cls", "device", "dtype")}
+    hybrid = isinstance(spec, HybridSpec)
+    depth, num_tokens = 1, None
+    needs_length = any(getattr(s.cls, "length_option", None) not in (None, *s.all_options)
+                       for s in ([spec] if not hybrid else spec.specs()))
+    if hybrid or needs_length:  # the token count / depth: a probe on the meta device
         with torch.device("meta"):
-            probe = timm.create_model(model_name, **probe_kw)
-        if not hasattr(probe, "patch_embed") or not hasattr(probe, "num_prefix_tokens"):
-            raise ValueError(f"{model_name}: cannot infer max_len for {attention_label(spec)!r}; set it in the attention config")
-        num_tokens = int(probe.patch_embed.num_patches + probe.num_prefix_tokens)
-    attn_layer = vit_attention_layer(spec, num_tokens)
+            probe = timm.create_model(model_name, **{k: v for k, v in kwargs.items() if k not in _PROBE_SKIP})
+        if not hasattr(probe, "blocks") or not hasattr(probe, "patch_embed"):
+            raise ValueError(f"{model_name}: not a VisionTransformer; cannot swap its attention for {spec.label!r}")
+        depth = len(probe.blocks)
+        num_tokens = int(probe.patch_embed.num_patches + getattr(probe, "num_prefix_tokens", 0))
+    classes = _layer_classes(spec, depth, num_tokens)  # bad per-layer specs fail here, before building
     try:
-        model = timm.create_model(model_name, attn_layer=attn_layer, **kwargs)
+        model = timm.create_model(model_name, attn_layer=classes[0], **kwargs)
     except TypeError as e:
         if "attn_layer" not in str(e):
             raise
         raise ValueError(
             f"timm model {model_name!r} takes no attn_layer: attention swap works for models built on "
             "timm's VisionTransformer (vit_*, deit_*, ...)") from e
-    if not any(isinstance(m, attn_layer) for m in model.modules()):
+    if not any(isinstance(m, classes[0]) for m in model.modules()):
         raise ValueError(f"timm model {model_name!r} ignored attn_layer; its attention cannot be swapped")
-    args = dict(getattr(model, "_model_args", {}))
-    args.pop("attn_layer", None)  # a class: not serialisable; the spec is kept on the model
-    model._model_args = args
-    model.attention_spec = spec
-    return model
+    if hybrid:
+        inner = model if hasattr(model, "blocks") else getattr(model, "model", None)
+        if inner is None or len(getattr(inner, "blocks", ())) != depth:
+            raise ValueError(f"{model_name}: per-layer attention {spec.label!r} needs the model's blocks "
+                             "(not available with features_only=True on a timm name; use an ea_zoo ViT name)")
+        replace_attention_layers(inner, classes, kwargs.get("weight_init", ""))
+    return _record(model, spec)
 
 
 # ----------------------------------------------------------------------------- TorchScript
@@ -371,10 +470,10 @@ def script_model(model: nn.Module) -> torch.jit.ScriptModule:
 
 def torchscript_support(attention: Any) -> Tuple[bool, Optional[str]]:
     """Try to script a tiny ViT with ``attention``; returns ``(ok, reason)`` and records it."""
-    spec = normalize_attention(attention)
+    spec = AttentionSpec.parse(attention)
     model = create_vit("vit_tiny_patch16_224_sa", attention=spec, arch_args=dict(
         img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2, num_classes=2))
-    label = attention_label(spec)
+    label = spec.label
     try:
         script_model(model)
     except TorchScriptUnsupportedError as e:

@@ -86,3 +86,56 @@ def test_demo_tiny(tmp_path):
     assert all(r["finite"] for r in data["backend_check"])
     assert all(r["out_err"] < 1e-3 for r in data["backend_check"])
     assert (out / "complexity" / "complexity.json").exists()
+
+
+# ----------------------------------------------------------------------------- bad arguments
+@pytest.mark.parametrize("module", [complexity, train_cost, infer_cost], ids=lambda m: m.__name__.split(".")[-1])
+@pytest.mark.parametrize("argv, match", [
+    (["--lengths", "abc"], r"^--lengths 'abc': expected comma-separated positive integers"),
+    (["--lengths", "0,16"], r"^--lengths '0,16': expected comma-separated positive integers"),
+    (["--dim", "30", "--heads", "4"], r"^--dim 30 --heads 4: the width must be divisible by the number of heads"),
+    (["--device", "tpu"], r"^--device 'tpu': valid choices: cpu, cuda, cuda:<index>$"),
+    (["--backends", "nosuch"], r"^--backends 'nosuch': unknown attention 'nosuch'; valid names: .*ea6"),
+    (["--backends", "sa,ea6+sa@5", "--depth", "2"], r"index 5 is out of range for a model of depth 2"),
+])
+def test_bad_arguments_are_one_line_value_errors_before_any_work(module, argv, match, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=match) as e:
+        _run(module, ["--preset", "tiny", "--out", str(out), "--quiet"] + argv)
+    assert "\n" not in str(e.value) and not out.exists()
+
+
+def test_backend_lists_keep_hybrid_labels_whole():
+    from ea_zoo.analysis.common import parse_backend, split_backends
+
+    assert split_backends("ea6,sa, ea6+sa@1,3 ,la[math]") == ["ea6", "sa", "ea6+sa@1,3", "la[math]"]
+    s = parse_backend("ea6+sa@1,3[math]")
+    assert s.hybrid and s.sdpa == "math" and s.min_depth() == 4 and s.label == "ea6+sa@1,3[math]"
+    assert [x.label for x in s.layers()] == ["ea6", "sa", "ea6", "sa"]
+    s = parse_backend("ea_series:order=4;learn_temperature=true")
+    assert s.attention.options == {"order": 4, "learn_temperature": True} and s.base_name == "ea_series"
+    with pytest.raises(ValueError, match=r"option causal='no' must be bool"):
+        parse_backend("sa:causal=no")
+
+
+def test_hybrid_is_one_more_backend_in_complexity_and_infer_cost(tmp_path):
+    """The decoding state of a hybrid is the sum of its layers' (KV cache in SA layers, fixed
+    state elsewhere)."""
+    out = tmp_path / "cx"
+    rc = _run(complexity, ["--preset", "tiny", "--backends", "ea6,sa,ea6+sa@1", "--lengths", "16,32",
+                           "--dims", "8,16", "--orders", "2,4", "--no-time", "--no-plot", "--out", str(out), "--quiet"])
+    assert rc == 0
+    rows = json.loads((out / "complexity.json").read_text())["results"]
+    state = {(r["backend"], r["decode_L"]): r["state_numel"] for r in rows if r.get("sweep") == "L" and "decode_L" in r}
+    flops = {(r["backend"], r["L"]): r["flops"] for r in rows if r.get("sweep") == "L"}
+    for L in (16, 32):
+        assert state[("ea6+sa@1", L)] == state[("ea6", L)] + state[("sa", L)]
+        assert flops[("ea6+sa@1", L)] == flops[("ea6", L)] + flops[("sa", L)]
+    out = tmp_path / "ic"
+    rc = _run(infer_cost, ["--preset", "tiny", "--backends", "ea2,sa,ea2+sa@1", "--depth", "2", "--lengths", "4,8",
+                           "--batch-sizes", "1", "--no-plot", "--out", str(out), "--quiet"])
+    assert rc == 0
+    st = {(r["backend"], r["length"]): r["state_numel_per_seq"] for r in json.loads((out / "infer_cost.json")
+                                                                                   .read_text())["results"]}
+    for L in (4, 8):  # one layer of each in the hybrid, two of each in the others
+        assert 2 * st[("ea2+sa@1", L)] == st[("ea2", L)] + st[("sa", L)]

@@ -1,20 +1,27 @@
-"""The interface contract, checked for every registered attention name (aliases included)."""
+"""The interface contract, checked for every registered attention name (aliases included).
+
+The names are ``list_attentions()`` at collection, after the plugin modules named in
+``$EA_ZOO_PLUGINS`` (comma-separated; imported by ``import ea_zoo``), so a backend defined
+outside the package is checked with ``EA_ZOO_PLUGINS=my_module pytest
+tests/attention/test_conformance.py -k my_backend``.
+"""
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 import ea_zoo
 from ea_zoo import AttentionBase, StepNotSupportedError, create_attention, list_attentions
+from ea_zoo.registry import parse_attention
 
+ea_zoo.load_plugins()  # $EA_ZOO_PLUGINS (already imported by `import ea_zoo`; a no-op then)
 NAMES = list_attentions()
 D, H = 16, 2
 
 
-def make(name, causal=False, dtype=torch.float64, **kw):
-    if name in ("aft_full", "aft_local"):
-        kw.setdefault("max_len", 64)
-    torch.manual_seed(0)
-    m = create_attention(name, dim=D, num_heads=H, causal=causal, **kw).to(dtype)
+def make(name, causal=False, dtype=torch.float64, length=64, **kw):
+    torch.manual_seed(0)  # a length option (AFT's max_len) is filled with `length`
+    spec = parse_attention(name).with_length(length)
+    m = create_attention(spec, dim=D, num_heads=H, causal=causal, **kw).to(dtype)
     m.eval()
     return m
 
@@ -136,8 +143,7 @@ def test_gradcheck_float64(name, causal):
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_long_sequence_finite(name, dtype):
-    kw = {"max_len": 4096} if name in ("aft_full", "aft_local") else {}
-    m = make(name, causal=name in ("ea", "sa"), dtype=dtype, **kw)
+    m = make(name, causal=name in ("ea", "sa"), dtype=dtype, length=4096)
     x = (torch.randn(1, 4096, D) * 3).to(dtype)
     with torch.no_grad():
         y = m(x)
@@ -227,9 +233,8 @@ def test_init_state_follows_the_module(name):
     assert all(t.dtype == torch.float32 for t in m32.init_state(3).values() if torch.is_tensor(t))
     mh = make(name, causal=True, dtype=torch.bfloat16)
     assert all(t.dtype == torch.float32 for t in mh.init_state().values() if torch.is_tensor(t))
-    kw = {"max_len": 64} if name in ("aft_full", "aft_local") else {}
     with torch.device("meta"):
-        mm = create_attention(name, dim=D, num_heads=H, causal=True, **kw)
+        mm = create_attention(parse_attention(name).with_length(64), dim=D, num_heads=H, causal=True)
         assert all(t.device.type == "meta" for t in mm.init_state().values() if torch.is_tensor(t)), name
 
 
@@ -264,9 +269,8 @@ def test_empty_sequence_gives_an_empty_output(name, causal):
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("causal", [False, True])
 def test_builds_and_runs_on_the_meta_device(name, causal):
-    kw = {"max_len": 64} if name in ("aft_full", "aft_local") else {}
     with torch.device("meta"):
-        m = create_attention(name, dim=D, num_heads=H, causal=causal, **kw)
+        m = create_attention(parse_attention(name).with_length(64), dim=D, num_heads=H, causal=causal)
         x = torch.randn(2, 9, D)
         for mask in (None, torch.ones(2, 9, dtype=torch.bool)):
             y = m(x, attn_mask=mask)

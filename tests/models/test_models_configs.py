@@ -1,5 +1,6 @@
-"""omegaconf configs: configs/attention/*.yaml and configs/model/*.yaml, load_config overrides,
-build_model, and YAML -> model == the Python call."""
+"""omegaconf configs: configs/attention/*.yaml and configs/model/*.yaml, load_config overrides
+(model and experiment configs, per-layer attention), build_model, and YAML -> model == the
+Python call."""
 import pytest
 import timm
 import torch
@@ -33,24 +34,30 @@ def test_attention_yaml_builds_the_same_backend_as_its_name(path):
     cfg = OmegaConf.load(path)
     if path.stem not in ea_zoo.list_attentions():
         pytest.skip(f"backend {path.stem!r} is not registered")
-    a = ea_zoo.create_attention(cfg, dim=16, num_heads=2, max_len=8) if "max_len" in \
-        ea_zoo.registry.attention_options(ea_zoo.get_attention_cls(cfg.name)) else ea_zoo.create_attention(cfg, dim=16, num_heads=2)
-    cls, opts = ea_zoo.registry.resolve_attention(path.stem)
-    assert type(a) is cls
-    for k, v in opts.items():  # alias options are in the file
+    from ea_zoo.registry import parse_attention
+
+    a = ea_zoo.create_attention(parse_attention(cfg).with_length(8), dim=16, num_heads=2)
+    spec = parse_attention(path.stem)
+    assert type(a) is spec.cls
+    for k, v in spec.all_options.items():  # alias options are in the file
         assert cfg[k] == v
     assert "causal" not in cfg  # causal belongs to the model
 
 
-def test_model_yaml_defaults_mirror_python_defaults():
+def test_model_yaml_defaults_live_in_one_place():
+    """The family defaults live in SEQUENCE_FAMILIES, the ViT architectures in VIT_SIZES (= timm's
+    own): the model YAMLs repeat none of them."""
     for fam, defaults in SEQUENCE_FAMILIES.items():
         cfg = OmegaConf.to_container(OmegaConf.load(MODEL_DIR / f"{fam}.yaml"))
         assert cfg["model"].pop("name") == fam
-        assert cfg["model"] == defaults, fam
+        assert not {k for k, v in cfg["model"].items() if defaults.get(k, object()) == v}, fam
     for size, args in VIT_SIZES.items():
-        cfg = OmegaConf.load(MODEL_DIR / f"vit_{size}.yaml")
-        assert cfg.model.name == f"vit_{size}_patch16_224"
-        assert {k: cfg.model[k] for k in args} == args
+        cfg = OmegaConf.to_container(OmegaConf.load(MODEL_DIR / f"vit_{size}.yaml"))
+        assert cfg["model"] == {"name": f"vit_{size}_patch16_224"}
+        with torch.device("meta"):
+            ref = timm.create_model(f"vit_{size}_patch16_224")
+        assert dict(patch_size=ref.patch_embed.patch_size[0], embed_dim=ref.embed_dim, depth=len(ref.blocks),
+                    num_heads=ref.blocks[0].attn.num_heads) == args
 
 
 @pytest.mark.parametrize("name", ["vit_tiny", "vit_small", "vit_base", "tsc", "tsf", "lm", "bert_base"])
@@ -118,9 +125,16 @@ def test_model_config_attribute_round_trip():
     (["model.depht=6"], r"unknown key 'model.depht' for model 'tsc'; allowed keys: model.name, model.task"),
     (["modle.depth=6"], r"unknown key 'modle.depth'; allowed top-level keys: attention, model"),
     (["attention=nope"], r"unknown attention 'nope'; valid names: .*ea6"),
-    (["attention.ordr=4"], r"unknown key 'attention.ordr' for attention 'ea_series'; allowed keys: attention.name, "
-                           r"attention.order"),
-    (["attention.qkv_bias=false"], r"unknown key 'attention.qkv_bias'"),
+    (["attention.ordr=4"], r"override 'attention.ordr=4': unknown option\(s\) \['ordr'\] for attention 'ea_series'; "
+                           r"valid options: order, allow_odd"),
+    (["attention.qkv_bias=false"], r"\['qkv_bias'\] are set by the model"),
+    (["attention.order.x=1"], r"attention options are flat"),
+    (["attention.layers.x=sa"], r"layer index 'x' must be a non-negative int"),
+    (["attention=ea6+sa@1", "attention.order=4"], r"per-layer .*attention.default.<option>="),
+    (["attention=[ea6,sa]", "attention.default=sa"], r"per-layer list"),
+    (["attention=[ea6,sa]", "attention.layers.2=sa"], r"index 2 is out of range for the per-layer list of 2"),
+    (["attention=[ea6,sa]", "model.depth=3"], r"lists 2 specs but the model has depth 3"),
+    (["attention=ea6+sa@5", "model.depth=3"], r"index 5 is out of range for a model of depth 3"),
     (["attention.order=3"], r"order=3 is odd"),
     (["model.pool=max"], r"pool='max' is not valid; allowed values: 'mean', 'cls', 'last'"),
     (["model.task=segment"], r"task='segment' is not valid; allowed values"),
@@ -158,3 +172,88 @@ def test_every_backend_through_config_override():
         m = ea_zoo.build_model("lm", [f"attention={b}", "model.depth=1", "model.embed_dim=16", "model.num_heads=2",
                                       "model.vocab_size=7", "model.max_len=8"])
         assert m(torch.randint(0, 7, (1, 4))).shape == (1, 4, 7)
+
+
+# ----------------------------------------------------------------------------- option checks
+def test_option_the_backend_does_not_declare_is_an_error():
+    """EA-series inherited full EA's max_block_elements, and the override was accepted."""
+    with pytest.raises(ValueError, match=r"'attention.max_block_elements=5': unknown option\(s\) "
+                                         r"\['max_block_elements'\] for attention 'ea_series'; valid options: order"):
+        load_config("tsc", ["attention=ea6", "attention.max_block_elements=5"])
+    assert load_config("tsc", ["attention=ea", "attention.max_block_elements=5"]).attention.max_block_elements == 5
+
+
+def test_booleans_must_be_booleans():
+    """causal='false' (a string) used to build a causal module."""
+    with pytest.raises(ValueError, match=r"option causal='false' must be bool"):
+        load_config("tsc", ["attention.causal='false'"])
+    with pytest.raises(ValueError, match=r"option learn_temperature=1 must be bool"):
+        ea_zoo.build_model("tsc", ["attention.learn_temperature=1"])
+    assert load_config("tsc", ["attention.causal=false"]).attention.causal is False
+
+
+# ----------------------------------------------------------------------------- per-layer attention
+def test_per_layer_attention_through_overrides_and_yaml(tmp_path):
+    tiny = TINY_SEQ + ["model.depth=3"]
+    kinds = lambda m: [b.attn.attention_name for b in m.blocks]  # noqa: E731
+    assert kinds(ea_zoo.build_model("lm", tiny + ["attention=ea6+sa@1"])) == ["ea_series", "sa", "ea_series"]
+    cfg = load_config("lm", tiny + ["attention.layers.2=sa", "attention.layers.2.causal=true"])
+    assert OmegaConf.to_container(cfg.attention.layers) == {2: {"name": "sa", "causal": True}}
+    cfg = load_config(cfg, ["attention.default=la", "attention.layers.0=ea2"])
+    assert kinds(ea_zoo.build_model(cfg)) == ["ea_series", "la", "sa"]
+    assert ea_zoo.build_model(cfg).blocks[0].attn.order == 2
+    # back to one backend when no layer differs
+    assert OmegaConf.to_container(load_config("lm", ["attention=ea6+sa@1", "attention.layers={}"]).attention) \
+        == OmegaConf.to_container(load_config("lm", ["attention=ea6"]).attention)
+    # a YAML file with the mapping form, and the list form
+    path = tmp_path / "hybrid.yaml"
+    path.write_text("model: {name: tsc, depth: 2, embed_dim: 16, num_heads: 2}\n"
+                    "attention: {default: ea2, layers: {1: sa}}\n")
+    assert kinds(ea_zoo.build_model(str(path))) == ["ea_series", "sa"]
+    assert kinds(ea_zoo.build_model(str(path), ["attention=[sa,la]"])) == ["sa", "la"]
+    vit = ea_zoo.build_model("vit_tiny", TINY_VIT + ["attention=ea6+sa@1"])
+    assert [b.attn.attention_name for b in vit.blocks] == ["ea_series", "sa"]
+
+
+# ----------------------------------------------------------------------------- experiment configs
+def test_load_config_takes_a_whole_experiment_config():
+    """The experiment loader hands its whole dict to load_config: every section survives,
+    attention / model overrides are validated, other sections' keys pass through."""
+    exp = {"name": "table3_jap", "task": "classification", "seed": 0, "attention": "ea6",
+           "model": {"name": "tsc", "embed_dim": 64, "depth": 2, "num_heads": 4},
+           "data": {"name": "jap", "batch_size": 32}, "optim": {"lr": 1e-3}, "trainer": {"max_epochs": 100},
+           "checkpoint": {"monitor": "val/loss"}, "defaults": ["data/jap"]}
+    cfg = load_config(exp, ["attention=ea6", "attention.order=4", "model.depth=1", "trainer.max_epochs=3",
+                            "trainer.new_key=1", "seed=2"])
+    assert cfg.attention.name == "ea_series" and cfg.attention.order == 4 and cfg.model.depth == 1
+    assert cfg.trainer.max_epochs == 3 and cfg.trainer.new_key == 1 and cfg.seed == 2
+    assert cfg.optim.lr == 1e-3 and cfg.name == "table3_jap" and cfg.defaults == ["data/jap"]
+    assert load_config(exp, ["data.batch_size=8"]).data.batch_size == 8
+    with pytest.raises(ValueError, match=r"unknown key 'nosuch.x'; allowed top-level keys: attention, checkpoint"):
+        load_config(exp, ["nosuch.x=1"])
+    with pytest.raises(ValueError, match=r"max_block_elements"):
+        load_config(exp, ["attention.max_block_elements=5"])
+
+
+def test_cli_train_print_config_applies_attention_overrides(capsys):
+    """`ea-zoo train --config table3_jap attention=ea6 attention.order=4` built attention
+    {'order': 4} and failed with "needs a 'name' key"."""
+    from ea_zoo.cli import main
+
+    assert main(["train", "--config", "table3_jap", "attention=ea6", "attention.order=4", "--print-config"]) in (0, None)
+    printed = OmegaConf.create(capsys.readouterr().out)
+    assert printed.attention.name == "ea_series" and printed.attention.order == 4
+
+
+def test_config_dir_is_read_at_call_time(tmp_path, monkeypatch):
+    (tmp_path / "attention").mkdir()
+    (tmp_path / "model").mkdir()
+    (tmp_path / "attention" / "ea6.yaml").write_text("name: ea_series\norder: 4\n")
+    (tmp_path / "model" / "mine.yaml").write_text("model: {name: tsc, depth: 1}\nattention: ea6\n")
+    monkeypatch.setenv("EA_ZOO_CONFIG_DIR", str(tmp_path))
+    cfg = load_config("mine")
+    assert cfg.model.depth == 1 and OmegaConf.to_container(cfg.attention) == {"name": "ea_series", "order": 4}
+    with pytest.raises(ValueError, match=r"unknown model config 'tsc': not a file, and not one of mine"):
+        load_config("tsc")
+    monkeypatch.delenv("EA_ZOO_CONFIG_DIR")
+    assert load_config("tsc").attention.order == 6

@@ -47,11 +47,15 @@ def _need_backend(name):
 
 
 def test_name_lists():
+    """Every registered attention name and alias has its ViT and sequence names (from the
+    registry, so VIT_BACKENDS is read at each use)."""
+    assert tuple(VIT_BACKENDS) == tuple(ea_zoo.list_attentions()) == ea_zoo.models.vit_backends()
+    assert VIT_BACKENDS == tuple(ea_zoo.list_attentions()) and "ea6" in VIT_BACKENDS and len(VIT_BACKENDS) >= 14
+    assert {"sa", "la", "la_identity", "aft_full", "aft_simple", "aft_local", "hedgehog", "taylor", "ea",
+            "ea_series", "ea2", "ea4", "ea6", "ea8"} <= set(VIT_BACKENDS)
     expected_vit = {f"vit_{s}_patch16_224_{b}" for s in ("tiny", "small", "base") for b in VIT_BACKENDS}
     expected_vit |= {"vit_sa", "vit_la", "vit_aft", "vit_hedgehog", "vit_taylor", "vit_ea", "vit_ea2", "vit_ea6"}
-    assert set(VIT_MODEL_NAMES) == expected_vit
-    assert set(VIT_BACKENDS) == {"sa", "la", "la_identity", "aft_full", "aft_simple", "aft_local", "hedgehog",
-                                 "taylor", "ea", "ea2", "ea4", "ea6", "ea8"}
+    assert set(VIT_MODEL_NAMES) == expected_vit and "vit_ea6" in VIT_MODEL_NAMES
     # registered with timm, found by timm's own listing
     assert expected_vit <= set(timm.list_models("vit_*"))
     assert {n for n in expected_vit if "ea" in n.split("patch16_224")[-1] or n.startswith("vit_ea")} \
@@ -60,8 +64,22 @@ def test_name_lists():
     for f in FAMILIES:
         assert f in SEQUENCE_MODELS and all(f"{f}_{b}" in SEQUENCE_MODELS for b in VIT_BACKENDS)
     assert set(ea_zoo.list_models()) == set(SEQUENCE_MODELS) | expected_vit
-    assert ea_zoo.list_models("tsc_ea*") == ["tsc_ea", "tsc_ea2", "tsc_ea4", "tsc_ea6", "tsc_ea8"]
+    assert ea_zoo.list_models("tsc_ea*") == ["tsc_ea", "tsc_ea2", "tsc_ea4", "tsc_ea6", "tsc_ea8", "tsc_ea_series"]
     assert "vit_small_patch16_224" in ea_zoo.list_models("vit_small_patch16_224*", include_timm=True)
+
+
+def test_model_cards_describe_the_backend_from_the_backend():
+    """The timm pretrained cfg's description comes from the backend class (description +
+    paper_equation), not from a table in the model module."""
+    from ea_zoo.models import attention_description
+
+    cfg = timm.models.get_pretrained_cfg("vit_tiny_patch16_224_ea2")
+    cls = ea_zoo.get_attention_cls("ea2")
+    assert cls.description in cfg.description and "order=2" in cfg.description
+    assert cls.paper_equation in cfg.description
+    assert attention_description("ea6+sa@1").endswith("at layers 1")
+    for name in ea_zoo.list_attentions(include_aliases=False):
+        assert ea_zoo.get_attention_cls(name).description, name  # every backend describes itself
 
 
 def _tiny_input(name, model):
@@ -127,8 +145,8 @@ def test_vit_real_config_param_count(name):
     attn_cls = type(model.blocks[0].attn)
     extra = _attn_extra_params(attn_cls, model.embed_dim, model.blocks[0].attn.num_heads)
     assert n_params(model) == _timm_param_count(base) + len(model.blocks) * extra
-    if "max_len" in getattr(attn_cls, "bound_options", {}):
-        assert attn_cls.bound_options["max_len"] == 197  # 14 x 14 patches + cls token
+    if attn_cls.length_option is not None:  # filled with the token count
+        assert attn_cls.bound_options[attn_cls.length_option] == 197  # 14 x 14 patches + cls token
 
 
 @pytest.mark.parametrize("name", [n for n in ALL_NAMES if n in SEQUENCE_MODELS])

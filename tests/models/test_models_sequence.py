@@ -245,3 +245,68 @@ def test_backend_without_step_raises_its_error(monkeypatch):
         m.generate(torch.zeros(1, 2, dtype=torch.long), 3)
     # the parallel path still works
     assert m.generate(torch.zeros(1, 2, dtype=torch.long), 3, use_cache=False).shape == (1, 5)
+
+
+# ----------------------------------------------------------------------------- layout, families
+def test_state_dict_keys_keep_the_flat_layout():
+    """Backbone + head modules, but the checkpoint keys of the model before the split."""
+    m = SequenceTransformer("ea6", task="classify", in_chans=3, num_classes=4, pool="cls", depth=1, embed_dim=16,
+                            num_heads=2, embed_norm=True, norm_first=True)
+    assert list(m.state_dict()) == [
+        "cls_token", "embed.weight", "embed.bias", "embed_norm.weight", "embed_norm.bias",
+        "blocks.0.attn.qkv.weight", "blocks.0.attn.qkv.bias", "blocks.0.attn.proj.weight", "blocks.0.attn.proj.bias",
+        "blocks.0.norm1.weight", "blocks.0.norm1.bias", "blocks.0.mlp.fc1.weight", "blocks.0.mlp.fc1.bias",
+        "blocks.0.mlp.fc2.weight", "blocks.0.mlp.fc2.bias", "blocks.0.norm2.weight", "blocks.0.norm2.bias",
+        "norm.weight", "norm.bias", "head.weight", "head.bias"]
+    lm = SequenceTransformer("ea6", task="lm", vocab_size=7, causal=True, pos_embed="learned", max_len=8, depth=1,
+                             embed_dim=16, num_heads=2)
+    assert {"embed.weight", "pos_embed.weight", "head.weight"} <= set(lm.state_dict()) and "head.bias" not in lm.state_dict()
+    m2 = SequenceTransformer("ea6", task="classify", in_chans=3, num_classes=4, pool="cls", depth=1, embed_dim=16,
+                             num_heads=2, embed_norm=True, norm_first=True)
+    m2.load_state_dict(m.state_dict())  # strict
+
+
+def test_model_records_its_config():
+    m = SequenceTransformer({"name": "ea_series", "order": 4}, task="forecast", in_chans=2, pred_len=3, causal=True,
+                            **SEQ_TINY)
+    assert m.config["attention"] == {"name": "ea_series", "order": 4} == m.attention_spec
+    assert m.config["model"]["pred_len"] == 3 and "name" not in m.config["model"]
+    rebuilt = SequenceTransformer(attention=m.config["attention"], **m.config["model"])
+    assert rebuilt.state_dict().keys() == m.state_dict().keys()
+    f = ea_zoo.create_model("tsf_ea2", **SEQ_TINY)
+    assert f.model_name == "tsf_ea2" and f.config["model"]["name"] == "tsf" and f.config["attention"] == "ea2"
+
+
+def test_family_yaml_holds_only_the_name_and_defaults_come_from_the_family_dict():
+    from omegaconf import OmegaConf
+    from ea_zoo.models.factory import config_dir
+    from ea_zoo.models.sequence_families import SEQUENCE_FAMILIES
+
+    for fam, defaults in SEQUENCE_FAMILIES.items():
+        cfg = OmegaConf.to_container(OmegaConf.load(config_dir() / "model" / f"{fam}.yaml"))
+        assert cfg == {"model": {"name": fam}, "attention": "ea6"}, fam
+        with torch.device("meta"):
+            m = ea_zoo.build_model(fam)
+        assert m.config["model"] == {"name": fam, **defaults}
+    assert ea_zoo.models.SEQUENCE_FAMILIES is ea_zoo.models.factory.SEQUENCE_FAMILIES is SEQUENCE_FAMILIES
+    # switching the input kind drops the other default
+    m = ea_zoo.build_model("bert_base", ["model.in_chans=3", "model.depth=1", "model.embed_dim=16",
+                                         "model.num_heads=2", "model.max_len=8"])
+    assert m.in_chans == 3 and m.vocab_size is None
+
+
+def test_every_registered_backend_has_its_sequence_names():
+    """Names come from a registration hook; tests/test_new_backend.py registers a backend later
+    (in a subprocess) and finds its names."""
+    from ea_zoo.models import sequence_families as fams
+
+    assert all(f"{f}_{b}" in fams.SEQUENCE_MODELS for f in fams.SEQUENCE_FAMILIES for b in ea_zoo.list_attentions())
+
+
+def test_entrypoints_are_explicit_functions():
+    from ea_zoo.models import sequence_families as fams
+
+    for fam in fams.SEQUENCE_FAMILIES:
+        assert fams.SEQUENCE_MODELS[fam] is getattr(fams, fam)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['depht'\] for model 'tsc'; allowed keys: task"):
+        ea_zoo.create_model("tsc_ea6", depht=3)
