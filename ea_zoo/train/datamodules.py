@@ -4,13 +4,20 @@
 
 * ``uea`` -> :class:`UEADataModule` (keys: ``dataset``, ``val_source``, ``val_fraction``,
   ``val_seed``, ``normalize``, ``max_len``; see :func:`ea_zoo.data.uea.load_uea`);
-* ``forecast`` -> :class:`ForecastDataModule` (``dataset``, ``seq_len``, ``pred_len``,
-  ``features``, ``target``, ``timestamps``, ``path``; see :func:`ea_zoo.data.ett.load_forecast`);
+* ``forecast`` -> :class:`ForecastDataModule` (``dataset`` = an ETT name or the path of any
+  ETT-style csv, ``seq_len``, ``pred_len``, ``features``, ``target``, ``timestamps``, ``path``,
+  ``split``, ``val_source``; see :func:`ea_zoo.data.ett.load_forecast`);
 * ``image`` -> :class:`ImageDataModule` (``dataset``, ``val_fraction``, ``val_seed``,
   ``augment``, ``limit_train``; see :func:`ea_zoo.data.images.load_images`).
 
 Common keys: ``root`` (data root; None = ``$EA_ZOO_DATA`` / ``../shared/data`` / cache),
-``download`` (opt-in), ``batch_size``, ``eval_batch_size``, ``num_workers``.
+``download`` (opt-in), ``batch_size``, ``eval_batch_size``, ``num_workers`` (data-loader
+processes; default 0 = load in the training process, which never oversubscribes the CPUs the
+run's torch threads use).
+
+Model selection (``val_source``): UEA ``train`` (a stratified part of TRAIN, protocol 1) or
+``test`` (the TEST file, the Time-Series-Library's classification protocol); forecasting
+``val`` (the TSL validation period, protocol 1) or ``test`` (validate on the test windows).
 
 Data are loaded once per process in :meth:`setup` (every DDP process reads the files itself;
 Lightning adds the ``DistributedSampler``). :meth:`model_kwargs` gives the model arguments
@@ -18,12 +25,13 @@ the data fix (channels, classes, horizon, image size).
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, Mapping, Optional
 
 import lightning as L
 from torch.utils.data import DataLoader
 
-__all__ = ["UEADataModule", "ForecastDataModule", "ImageDataModule", "build_datamodule", "DATAMODULES"]
+__all__ = ["UEADataModule", "ForecastDataModule", "ImageDataModule", "build_datamodule", "DATAMODULES", "is_csv_path"]
 
 
 class _Base(L.LightningDataModule):
@@ -66,6 +74,12 @@ class _Base(L.LightningDataModule):
         self.setup()
         return self._loader(self.splits.test, False)
 
+    def train_eval_dataloader(self):
+        """The training split in order, at the evaluation batch size (to measure the fit)."""
+        self.setup()
+        return DataLoader(self.splits.train, batch_size=self.eval_batch_size, shuffle=False, drop_last=False,
+                          num_workers=self.num_workers)
+
     def model_kwargs(self) -> Dict[str, Any]:
         raise NotImplementedError
 
@@ -99,16 +113,24 @@ class ForecastDataModule(_Base):
 
     def __init__(self, dataset: str = "ETTh2", seq_len: int = 6, pred_len: int = 6, features: str = "S",
                  target: str = "OT", path: Optional[str] = None, kind: Optional[str] = None,
-                 timestamps: str = "hour_of_week", **kw: Any) -> None:
+                 timestamps: str = "hour_of_week", val_source: str = "val", split: Optional[str] = None,
+                 **kw: Any) -> None:
         super().__init__(**kw)
+        if val_source not in ("val", "test"):
+            raise ValueError(f"data.val_source={val_source!r} is not valid for forecasting; valid values: 'val', 'test'")
         self.dataset = dataset
+        self.val_source = val_source
         self.load_kw = dict(seq_len=int(seq_len), pred_len=int(pred_len), features=features, target=target,
-                            path=path, kind=kind, timestamps=timestamps)
+                            path=path, kind=split or kind, timestamps=timestamps)
 
     def _load(self):
         from ea_zoo.data.ett import load_forecast
 
-        return load_forecast(self.dataset, root=self.root, download=self.download, **self.load_kw)
+        splits = load_forecast(self.dataset, root=self.root, download=self.download, **self.load_kw)
+        if self.val_source == "test":  # selection on the test windows
+            splits.info["val_source"] = "test"
+            splits.val = splits.test
+        return splits
 
     def model_kwargs(self) -> Dict[str, Any]:
         self.setup()
@@ -143,6 +165,13 @@ class ImageDataModule(_Base):
 
 
 DATAMODULES = {"uea": UEADataModule, "forecast": ForecastDataModule, "image": ImageDataModule}
+
+
+def is_csv_path(dataset: Any) -> bool:
+    """Whether a ``data.dataset`` value names a csv file (``*.csv`` or a path with a folder)."""
+    if not isinstance(dataset, str):
+        return False
+    return dataset.lower().endswith(".csv") or "/" in dataset or os.sep in dataset
 
 
 def build_datamodule(data_cfg: Mapping[str, Any]) -> _Base:

@@ -18,9 +18,12 @@ counts) are accumulated and reduced across processes (sum) at epoch end, so accu
 are those of the whole split, not means of batch values. Logged keys: ``{train,val,test}/loss``
 and ``{val,test}/<metric>``.
 
-Optimiser: AdamW (``lr``, ``weight_decay``) with a linear warm-up of ``warmup_epochs`` then a
-cosine decay to ``min_lr_ratio * lr`` over ``max_epochs`` (``scheduler: cosine``), or a
-constant rate (``scheduler: none``).
+Optimiser: AdamW (``lr``, ``weight_decay``) with a linear warm-up of ``warmup_steps`` optimizer
+steps plus ``warmup_epochs`` epochs, then a cosine decay to ``min_lr_ratio * lr`` that ends at
+optimizer step ``decay_steps`` (default: the end of the run, ``trainer.estimated_stepping_batches``)
+and stays at ``min_lr_ratio * lr`` after it (``scheduler: cosine``), or a constant rate
+(``scheduler: none``). With a step budget (``trainer.min_steps``) the experiment runner sets
+``decay_steps = min_steps``: the decay is complete when early stopping may first stop.
 """
 from __future__ import annotations
 
@@ -77,11 +80,14 @@ class BaseTaskModule(L.LightningModule):
 
     def __init__(self, model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.0, max_epochs: int = 10,
                  warmup_epochs: float = 0.0, scheduler: str = "cosine", min_lr_ratio: float = 0.0,
-                 betas: Sequence[float] = (0.9, 0.999)) -> None:
+                 betas: Sequence[float] = (0.9, 0.999), warmup_steps: int = 0,
+                 decay_steps: Optional[int] = None) -> None:
         super().__init__()
         self.model = model
         self.lr, self.weight_decay = float(lr), float(weight_decay)
         self.max_epochs, self.warmup_epochs = int(max_epochs), float(warmup_epochs)
+        self.warmup_steps = int(warmup_steps)
+        self.decay_steps = None if decay_steps is None else int(decay_steps)
         if scheduler not in ("cosine", "none"):
             raise ValueError(f"scheduler must be 'cosine' or 'none', got {scheduler!r}")
         self.scheduler_name, self.min_lr_ratio = scheduler, float(min_lr_ratio)
@@ -101,9 +107,16 @@ class BaseTaskModule(L.LightningModule):
         opt = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas)
         if self.scheduler_name == "none":
             return opt
-        steps = max(1, int(self.trainer.estimated_stepping_batches))
-        epochs = max(1, self.trainer.max_epochs or self.max_epochs)
-        warm = int(steps * self.warmup_epochs / epochs)
+        total = self.trainer.estimated_stepping_batches
+        if self.decay_steps is not None:
+            steps = self.decay_steps if not math.isfinite(total) else min(self.decay_steps, int(total))
+        elif math.isfinite(total):
+            steps = int(total)
+        else:
+            raise ValueError("scheduler 'cosine' needs a bounded run: set trainer.max_steps, trainer.max_epochs "
+                             "or optim.decay_steps")
+        steps = max(1, steps)
+        warm = self.warmup_steps + int(round(self.warmup_epochs * self._steps_per_epoch()))
         floor = self.min_lr_ratio
 
         def factor(step: int) -> float:
@@ -114,6 +127,17 @@ class BaseTaskModule(L.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _steps_per_epoch(self) -> float:
+        if not self.warmup_epochs:
+            return 0.0
+        trainer = self.trainer
+        if trainer.train_dataloader is None:
+            trainer.fit_loop.setup_data()
+        nb = trainer.num_training_batches
+        if not math.isfinite(nb) or nb <= 0:
+            return 0.0
+        return math.ceil(nb / max(1, trainer.accumulate_grad_batches))
 
     # -------------------------------------------------------------- metric plumbing
     _metric_names: Sequence[str] = ()

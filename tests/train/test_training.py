@@ -85,7 +85,7 @@ def test_forecasting_module_metrics_are_exact():
 
 def test_config_errors_and_overrides():
     cfg = load_experiment("table4_ettm2_6", ["attention=ea2", "trainer.max_epochs=3", "data.features=M"])
-    assert cfg.attention == "ea2" and cfg.trainer.max_epochs == 3 and cfg.data.dataset == "ETTm2"
+    assert cfg.label == "ea2" and cfg.attention.order == 2 and cfg.trainer.max_epochs == 3 and cfg.data.dataset == "ETTm2"
     assert cfg.data.kind == "forecast" and cfg.data.pred_len == 6  # from configs/data + the experiment
     with pytest.raises(ValueError, match="unknown key"):
         load_experiment("table3_jap", ["nonsense.key=1"])
@@ -109,3 +109,39 @@ def test_seeded_deterministic_runs_repeat(tmp_path):
         train(load_experiment("table3_jap", over + [f"output_dir={tmp_path / d}"]))
     ha, hb = ((tmp_path / d / "weights_rank0.sha256").read_text() for d in ("a", "b"))
     assert ha == hb
+
+
+def test_step_budget_early_stopping_waits_for_min_steps_and_results_record_the_fit(tmp_path, toy_root):
+    # min_delta=100: no validation ever improves, so early stopping would stop at the 2nd validation;
+    # it must wait for min_steps (the toy archive has 2 optimizer steps per epoch)
+    over = ["threads=1", "trainer.enable_progress_bar=false", "model.embed_dim=16", "model.depth=1",
+            "model.num_heads=2", f"data.root={toy_root}", "data.dataset=ToyGestures", "trainer.max_epochs=-1",
+            "trainer.min_steps=10", "trainer.max_steps=40", "early_stopping.patience=1", "early_stopping.min_delta=100",
+            "optim.warmup_steps=0", f"output_dir={tmp_path / 'run'}"]
+    res = train(load_experiment("uea", over))
+    assert 10 <= res["global_steps"] < 40 and res["stopped_by"] == "early_stopping"
+    assert res["steps_per_epoch"] == 2 and res["best_step"] == 2 * (res["best_epoch"] + 1) <= res["global_steps"]
+    fit = res["train"]["eval_best"]
+    assert set(fit) >= {"loss", "acc"} and 0.0 <= fit["acc"] <= 1.0 and res["train"]["last_epoch"]["loss"] > 0
+    assert res["wall_seconds"] > 0 and res["machine"]["cpu_count"] >= 1 and res["machine"]["torch"] == torch.__version__
+    assert [h["step"] for h in res["history"]][:3] == [2, 4, 6]
+    on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert on_disk["config"]["trainer"]["min_steps"] == 10
+
+
+def test_cosine_decay_ends_at_decay_steps():
+    from ea_zoo.train.modules import SequenceClassificationModule
+
+    class Trainer:  # what configure_optimizers reads
+        estimated_stepping_batches = 100
+        train_dataloader = object()
+        num_training_batches = 10
+        accumulate_grad_batches = 1
+        max_epochs = -1
+
+    m = SequenceClassificationModule(torch.nn.Linear(2, 2), lr=1.0, min_lr_ratio=0.1, warmup_steps=5, decay_steps=40)
+    m._trainer = Trainer()
+    sched = m.configure_optimizers()["lr_scheduler"]["scheduler"]
+    f = sched.lr_lambdas[0]
+    assert math.isclose(f(0), 0.2) and math.isclose(f(4), 1.0) and math.isclose(f(5), 1.0)
+    assert math.isclose(f(40), 0.1) and math.isclose(f(90), 0.1) and 0.1 < f(20) < 1.0
