@@ -1,0 +1,46 @@
+"""ea_zoo.bench.common: backends from the registry, seeds, schedule."""
+import math
+
+import pytest
+
+import ea_zoo
+from ea_zoo.bench import common
+
+
+def test_default_backends_are_the_registry_without_restated_aliases():
+    names = common.default_backends(causal=True)
+    assert "ea_series" not in names  # = ea6 with its default order
+    assert set(names) == set(ea_zoo.list_attentions()) - {"ea_series"}
+    assert common.default_backends(causal=False) == names
+
+
+def test_parse_backends_passes_specs_through():
+    assert common.parse_backends("sa, ea6,la") == ["sa", "ea6", "la"]
+    assert common.parse_backends(None) == common.default_backends()
+    with pytest.raises(ValueError, match="valid names"):
+        common.parse_backends("sa,nope")
+    with pytest.raises(ValueError, match="twice"):
+        common.parse_backends("sa,sa")
+
+
+def test_hybrid_spec_is_one_more_backend_when_the_registry_has_it():
+    reg = pytest.importorskip("ea_zoo.registry")
+    pa = getattr(reg, "parse_attention", None)
+    try:
+        label = pa("ea6+sa@1").label
+    except Exception:  # noqa: BLE001
+        pytest.skip("the registry does not parse hybrid specs yet")
+    assert common.parse_backends("sa,ea6+sa@1") == ["sa", "ea6+sa@1"]
+    assert common.backend_label("ea6+sa@1") == label
+
+
+def test_seeds_and_schedule():
+    assert common.parse_seeds("3") == [0, 1, 2] and common.parse_seeds("1,4") == [1, 4] and common.parse_seeds(2) == [0, 1]
+    with pytest.raises(ValueError):
+        common.parse_seeds("0")
+    lrs = [common.lr_at(s, 100, 10, 1.0, 0.1) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] > 0.1 - 1e-9
+    assert common.lr_at(100, 100, 10, 1.0, 0.1) == pytest.approx(0.1)
+    m, s, n = common.mean_std([1.0, 3.0, None, math.nan])
+    assert (m, n) == (2.0, 2) and s == pytest.approx(math.sqrt(2))

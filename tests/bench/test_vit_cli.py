@@ -1,0 +1,20 @@
+"""ea-zoo bench-vit end to end at the smoke preset on a tiny fake Fashion-MNIST."""
+import json
+
+from ea_zoo.cli import main
+
+
+def test_bench_vit_smoke(tmp_path, fake_fmnist_root):
+    out = tmp_path / "vit"
+    base = ["bench-vit", "--preset", "smoke", "--backends", "sa,aft_full", "--out", str(out), "--quiet",
+            "--data-root", str(fake_fmnist_root)]
+    assert main(base) == 0
+    assert main(base + ["--timing-only", "--no-plot"]) == 0
+    for ext in ("json", "csv", "md", "png"):
+        assert (out / f"vit_fmnist.{ext}").is_file()
+    rows = json.loads((out / "vit_fmnist.json").read_text())["results"]
+    assert [r["backend"] for r in rows] == ["sa", "aft_full"]
+    for r in rows:
+        assert 0.0 <= r["test_acc_mean"] <= 1.0 and r["n_seeds"] == 1
+        assert r["epoch_s"] > 0 and r["peak_memory_bytes"] > 0
+    assert "| sa |" in (out / "vit_fmnist.md").read_text()
