@@ -253,6 +253,16 @@ def _to_plain(value: Any) -> Any:
     return value
 
 
+def _from_json(value: Any, opener: str) -> Any:
+    """A str that starts with ``opener`` (``{`` or ``[``) parsed as JSON; other values as is."""
+    if not (isinstance(value, str) and value.strip().startswith(opener)):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError as e:
+        raise ValueError(f"attention {value!r} looks like JSON but does not parse: {e}") from None
+
+
 def _slug(v: Any) -> str:
     if isinstance(v, bool):
         return "" if v else "False"
@@ -287,12 +297,7 @@ class AttentionSpec:
         """
         if isinstance(value, AttentionSpec):
             return value
-        value = _to_plain(value)
-        if isinstance(value, str) and value.strip().startswith("{"):
-            try:
-                value = json.loads(value)
-            except ValueError as e:
-                raise ValueError(f"attention {value!r} looks like JSON but does not parse: {e}") from None
+        value = _from_json(_to_plain(value), "{")
         if isinstance(value, str):
             name, opts = value, {}
         elif isinstance(value, Mapping):
@@ -605,12 +610,7 @@ def parse_attention(value: Any) -> Spec:
     """
     if isinstance(value, (AttentionSpec, HybridSpec)):
         return value
-    value = _to_plain(value)
-    if isinstance(value, str) and value.strip().startswith("["):
-        try:
-            value = json.loads(value)
-        except ValueError as e:
-            raise ValueError(f"attention {value!r} looks like JSON but does not parse: {e}") from None
+    value = _from_json(_to_plain(value), "[")
     if isinstance(value, (list, tuple)) or (isinstance(value, str) and "+" in value):
         return HybridSpec.parse(value)
     if isinstance(value, Mapping) and "name" not in value and ("default" in value or "layers" in value):

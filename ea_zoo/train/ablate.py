@@ -695,17 +695,23 @@ def run_grid(suite: Suite, backends: Sequence[str], seeds: Sequence[int], runs_d
     return execute(plan, Path(runs_dir), jobs=jobs, threads=resolve_threads(threads or "auto", jobs), dry_run=dry_run)
 
 
-def collect(suite: Suite, backends: Sequence[str], seeds: Sequence[int], runs_dir: Path,
-            cells: Optional[Sequence[str]] = None, overrides: Sequence[str] = (), protocols: Sequence[str] = ("val",),
-            compare: Optional[Tuple[str, str]] = ("ea6", "sa")) -> Dict[str, Any]:
-    """Statistics of a paper suite's runs in ``runs_dir`` (see :func:`collect_runs`)."""
-    plan = plan_runs(suite_cells(suite, cells), [Group(list(backends), list(seeds), list(protocols))], overrides)
-    missing = {}
+def missing_data(plan: Sequence[Any]) -> Dict[str, str]:
+    """cell -> why its data is missing, for the cells of ``plan`` whose files are not there."""
+    missing: Dict[str, str] = {}
     for spec in plan:
         if spec.cell not in missing:
             reason = data_missing(spec.cfg)
             if reason:
                 missing[spec.cell] = reason
+    return missing
+
+
+def collect(suite: Suite, backends: Sequence[str], seeds: Sequence[int], runs_dir: Path,
+            cells: Optional[Sequence[str]] = None, overrides: Sequence[str] = (), protocols: Sequence[str] = ("val",),
+            compare: Optional[Tuple[str, str]] = ("ea6", "sa")) -> Dict[str, Any]:
+    """Statistics of a paper suite's runs in ``runs_dir`` (see :func:`collect_runs`)."""
+    plan = plan_runs(suite_cells(suite, cells), [Group(list(backends), list(seeds), list(protocols))], overrides)
+    missing = missing_data(plan)
     stats = collect_runs(plan, Path(runs_dir), compare=compare, missing=missing)
     stats["title"] = suite.title
     return stats
@@ -875,12 +881,7 @@ def run(args: argparse.Namespace) -> int:
         _log("grid: " + ", ".join(f"{k} {len(v)}" for k, v in status.items() if k != "errors"))
         if args.dry_run:
             return 0
-    missing = {}
-    for spec in plan:
-        if spec.cell not in missing:
-            reason = data_missing(spec.cfg)
-            if reason:
-                missing[spec.cell] = reason
+    missing = missing_data(plan)
     stats = collect_runs(plan, runs_dir, compare=compare, missing=missing, failed=status.get("failed", []))
     stats["threads_per_run"], stats["jobs"] = threads, args.jobs
     title = SUITES[args.suite].title if args.suite and not args.datasets else "Ablation: attention backends"
