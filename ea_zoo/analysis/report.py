@@ -25,6 +25,8 @@ import torch
 __all__ = [
     "environment",
     "device_name",
+    "git_commit",
+    "package_version",
     "write_json",
     "write_csv",
     "write_markdown",
@@ -53,7 +55,8 @@ def device_name(device: torch.device | str) -> str:
     return f"{name} ({os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads)"
 
 
-def _version(mod: str) -> Optional[str]:
+def package_version(mod: str) -> Optional[str]:
+    """The installed version of distribution ``mod`` (None if it is not installed)."""
     try:
         from importlib.metadata import version
 
@@ -62,12 +65,23 @@ def _version(mod: str) -> Optional[str]:
         return None
 
 
-def _git_commit() -> Optional[str]:
+def git_commit() -> Optional[str]:
+    """The commit of the code that runs: ``$EA_ZOO_GIT_COMMIT`` if set (for runs from a copy of
+    the package outside the checkout), else ``git rev-parse --short HEAD`` of the checkout
+    holding this file, with ``+dirty`` when its tracked files under ``ea_zoo/`` differ from
+    HEAD; None outside a git checkout."""
+    pinned = os.environ.get("EA_ZOO_GIT_COMMIT")
+    if pinned:
+        return pinned
+    root = Path(__file__).resolve().parents[2]
     try:
-        root = Path(__file__).resolve().parents[2]
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, timeout=5)
-        return out.stdout.strip() or None
+        if out.returncode != 0 or not out.stdout.strip():
+            return None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
+                                "ea_zoo"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except Exception:  # noqa: BLE001
         return None
 
@@ -84,11 +98,11 @@ def environment(device: torch.device | str, dtype: Any = None, **extra: Any) -> 
         "platform": platform.platform(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "ea_zoo": _version("ea-zoo"),
-        "fvcore": _version("fvcore"),
-        "numpy": _version("numpy"),
-        "matplotlib": _version("matplotlib"),
-        "git_commit": _git_commit(),
+        "ea_zoo": package_version("ea-zoo"),
+        "fvcore": package_version("fvcore"),
+        "numpy": package_version("numpy"),
+        "matplotlib": package_version("matplotlib"),
+        "git_commit": git_commit(),
         "torch_threads": torch.get_num_threads(),
     }
     if dev.type == "cuda" and torch.cuda.is_available():

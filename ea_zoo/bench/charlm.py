@@ -475,7 +475,6 @@ def run(args: argparse.Namespace) -> int:
     main = set(common.parse_backends(args.main_backends, causal=True)) if args.main_backends else set()
     seeds_for = lambda b: main_seeds if b in main else seeds  # noqa: E731
     out = Path(args.out)
-    store_root = Path(args.runs_dir) if args.runs_dir else out / "runs"
     root = str(Path(args.data_root).resolve()) if args.data_root else None
     verify = not args.no_verify
     if args.download:
@@ -484,21 +483,9 @@ def run(args: argparse.Namespace) -> int:
         load_shakespeare(root, download=True, verify=verify)
     jobs = build_jobs(p, backends, seeds_for, args.device, root, verify)
     timing_jobs = build_timing_jobs(p, backends, args.device, root, verify)
-    if args.dry_run:
-        print(common.dry_run_listing(timing_jobs if args.timing_only else jobs, store_root))
-        return 0
-    status = None
-    if not args.report_only:
-        corpus(root, verify)  # a missing / wrong file fails here, before any run
-        if args.timing_only:
-            status = common.run_jobs(timing_jobs, "ea_zoo.bench.charlm:timing_run", store_root, n_jobs=1,
-                                     threads=args.threads, desc="charlm timing", quiet=args.quiet, force=args.force,
-                                     max_runs=args.max_runs)
-        else:
-            status = common.run_jobs(jobs, "ea_zoo.bench.charlm:train_run", store_root, n_jobs=args.jobs,
-                                     threads=args.threads, desc="charlm", quiet=args.quiet, force=args.force,
-                                     max_runs=args.max_runs)
-    env = common.environment(args.device)
-    paths = write_report(jobs, timing_jobs, RunStore(store_root), p, args.preset, out, env, not args.no_plot, status)
-    print(f"wrote {', '.join(str(x) for x in paths)}")
-    return 1 if status and status["failed"] else 0
+    store = RunStore(common.store_root_of(args))
+    return common.run_grid(
+        args, "charlm", jobs, timing_jobs=timing_jobs,
+        before=lambda: corpus(root, verify),  # a missing / wrong file fails here, before any run
+        report=lambda env, status: write_report(jobs, timing_jobs, store, p, args.preset, out, env,
+                                                not args.no_plot, status))

@@ -191,21 +191,12 @@ def add_grid_arguments(p: argparse.ArgumentParser, presets: Mapping[str, Any], d
 
 
 # ----------------------------------------------------------------------------- environment
-def _version(mod: str) -> Optional[str]:
-    try:
-        from importlib.metadata import version
-
-        return version(mod)
-    except Exception:  # noqa: BLE001
-        return None
-
-
 def environment(device: Any = "cpu", **extra: Any) -> Dict[str, Any]:
     """Device, versions, date and git commit (ea_zoo.analysis.report's record plus timm)."""
     from ea_zoo.analysis import report
 
     env = report.environment(device, torch.float32)
-    env["timm"] = _version("timm")
+    env["timm"] = report.package_version("timm")
     env.update(extra)
     return env
 
@@ -221,9 +212,9 @@ def run_record(device: Any, wall_s: float) -> Dict[str, Any]:
         "device_name": report.device_name(dev),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "timm": _version("timm"),
+        "timm": report.package_version("timm"),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": report._git_commit(),
+        "git_commit": report.git_commit(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
 
@@ -340,6 +331,42 @@ def run_jobs(jobs: Sequence[Job], fn_path: str, store_root: os.PathLike, n_jobs:
     finally:
         bar.close()
     return status
+
+
+def store_root_of(args: argparse.Namespace) -> Path:
+    """The RunStore folder of a bench CLI: ``--runs-dir``, else ``<--out>/runs``."""
+    return Path(args.runs_dir) if args.runs_dir else Path(args.out) / "runs"
+
+
+def run_grid(args: argparse.Namespace, name: str, jobs: Sequence[Job], report: Callable[..., Sequence[Path]],
+             timing_jobs: Sequence[Job] = (), before: Optional[Callable[[], None]] = None,
+             desc: Optional[str] = None) -> int:
+    """The shared body of the bench CLIs (``mqar``, ``bench-vit``, ``charlm``).
+
+    ``--dry-run`` lists the runs and stops; otherwise ``before()`` (a check that fails before
+    any run, e.g. a missing corpus) and the missing runs through ``ea_zoo.bench.<name>:train_run``
+    (``--jobs`` side by side), or with ``--timing-only`` the timing runs through
+    ``ea_zoo.bench.<name>:timing_run`` one at a time; ``--report-only`` runs nothing. Then
+    ``report(env, status)`` writes the outputs and returns their paths. Exit code 1 if a run failed.
+    """
+    timing = bool(getattr(args, "timing_only", False))
+    desc = desc or name
+    chosen = timing_jobs if timing else jobs
+    store_root = store_root_of(args)
+    if args.dry_run:
+        print(dry_run_listing(chosen, store_root))
+        return 0
+    status = None
+    if not args.report_only:
+        if before is not None:
+            before()
+        status = run_jobs(chosen, f"ea_zoo.bench.{name}:{'timing_run' if timing else 'train_run'}", store_root,
+                          n_jobs=1 if timing else args.jobs, threads=args.threads,
+                          desc=f"{desc} timing" if timing else desc, quiet=args.quiet, force=args.force,
+                          max_runs=args.max_runs)
+    paths = report(environment(args.device), status)
+    print(f"wrote {', '.join(str(x) for x in paths)}")
+    return 1 if status and status["failed"] else 0
 
 
 def dry_run_listing(jobs: Sequence[Job], store_root: os.PathLike) -> str:

@@ -427,17 +427,9 @@ def run(args: argparse.Namespace) -> int:
     if fixed_width not in p["widths"]:
         fixed_width = p["widths"][len(p["widths"]) // 2]
     out = Path(args.out)
-    store_root = Path(args.runs_dir) if args.runs_dir else out / "runs"
     jobs = build_jobs(p, backends, seeds, args.device)
-    if args.dry_run:
-        print(common.dry_run_listing(jobs, store_root))
-        return 0
-    status = None
-    if not args.report_only:
-        status = common.run_jobs(jobs, "ea_zoo.bench.mqar:train_run", store_root, n_jobs=args.jobs,
-                                 threads=args.threads, desc="mqar", quiet=args.quiet, force=args.force,
-                                 max_runs=args.max_runs)
-    env = common.environment(args.device)
-    paths = write_report(jobs, RunStore(store_root), p, args.preset, out, env, not args.no_plot, fixed_width, status)
-    print(f"wrote {', '.join(str(x) for x in paths)}")
-    return 1 if status and status["failed"] else 0
+    store = RunStore(common.store_root_of(args))
+    return common.run_grid(
+        args, "mqar", jobs,
+        report=lambda env, status: write_report(jobs, store, p, args.preset, out, env, not args.no_plot,
+                                                fixed_width, status))

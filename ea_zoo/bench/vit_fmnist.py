@@ -371,24 +371,11 @@ def run(args: argparse.Namespace) -> int:
     backends = common.parse_backends(args.backends, causal=False)
     seeds = common.parse_seeds(args.seeds if args.seeds is not None else p["seeds"])
     out = Path(args.out)
-    store_root = Path(args.runs_dir) if args.runs_dir else out / "runs"
     root = str(Path(args.data_root).resolve()) if args.data_root else None
     jobs = build_jobs(p, backends, seeds, args.device, root)
     timing_jobs = build_timing_jobs(p, backends, args.device, root)
-    if args.dry_run:
-        print(common.dry_run_listing(timing_jobs if args.timing_only else jobs, store_root))
-        return 0
-    status = None
-    if not args.report_only:
-        if args.timing_only:
-            status = common.run_jobs(timing_jobs, "ea_zoo.bench.vit_fmnist:timing_run", store_root, n_jobs=1,
-                                     threads=args.threads, desc="vit timing", quiet=args.quiet, force=args.force,
-                                     max_runs=args.max_runs)
-        else:
-            status = common.run_jobs(jobs, "ea_zoo.bench.vit_fmnist:train_run", store_root, n_jobs=args.jobs,
-                                     threads=args.threads, desc="vit", quiet=args.quiet, force=args.force,
-                                     max_runs=args.max_runs)
-    env = common.environment(args.device)
-    paths = write_report(jobs, timing_jobs, RunStore(store_root), p, args.preset, out, env, not args.no_plot, status)
-    print(f"wrote {', '.join(str(x) for x in paths)}")
-    return 1 if status and status["failed"] else 0
+    store = RunStore(common.store_root_of(args))
+    return common.run_grid(
+        args, "vit_fmnist", jobs, timing_jobs=timing_jobs, desc="vit",
+        report=lambda env, status: write_report(jobs, timing_jobs, store, p, args.preset, out, env,
+                                                not args.no_plot, status))

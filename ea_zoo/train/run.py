@@ -52,7 +52,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -60,6 +59,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from ea_zoo.analysis.report import git_commit
 from ea_zoo.configs import config_dir
 from ea_zoo.train.runs import RunStore, config_hash
 from ea_zoo.train.schema import SECTIONS, ConfigError, section_defaults, validate_experiment
@@ -265,16 +265,6 @@ def resolve_threads(threads: Any = "auto", jobs: int = 1) -> Optional[int]:
     return int(threads)
 
 
-def _git_commit() -> Optional[str]:
-    try:
-        here = Path(__file__).resolve().parents[2]
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except Exception:  # noqa: BLE001
-        return None
-
-
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -304,7 +294,7 @@ def machine_info() -> Dict[str, Any]:
         "torch": torch.__version__, "lightning": lv, "python": platform.python_version(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "commit": _git_commit(),
+        "commit": git_commit(),
     }
 
 

@@ -44,3 +44,19 @@ def test_seeds_and_schedule():
     assert common.lr_at(100, 100, 10, 1.0, 0.1) == pytest.approx(0.1)
     m, s, n = common.mean_std([1.0, 3.0, None, math.nan])
     assert (m, n) == (2.0, 2) and s == pytest.approx(math.sqrt(2))
+
+
+def test_every_record_names_the_commit_and_a_pinned_commit_wins(monkeypatch):
+    """Runs from a copy of the package outside the checkout pin their commit with
+    EA_ZOO_GIT_COMMIT; the bench records, the training record and the cost-tool environment
+    all read the one git_commit()."""
+    from ea_zoo.analysis import report
+    from ea_zoo.train.run import machine_info
+
+    monkeypatch.setenv("EA_ZOO_GIT_COMMIT", "0123abc")
+    assert common.run_record("cpu", 1.0)["git_commit"] == "0123abc"
+    assert common.environment("cpu")["git_commit"] == "0123abc"
+    assert machine_info()["commit"] == "0123abc"
+    monkeypatch.delenv("EA_ZOO_GIT_COMMIT")
+    got = report.git_commit()
+    assert got is None or len(got.split("+")[0]) >= 7
