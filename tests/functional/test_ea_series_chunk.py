@@ -246,3 +246,38 @@ def test_second_order_gradients_raise_a_clear_error(causal):
     assert not gq.requires_grad  # no graph through the first-order gradient
     with pytest.raises(RuntimeError, match="does not require grad|once_differentiable"):
         torch.autograd.grad(gq.sum(), k)
+
+
+@pytest.mark.parametrize("scale,offset", [(1.0, 0.0), (10.0, 3.0), (30.0, 30.0)])
+@pytest.mark.parametrize("L", [1, 6, 13])
+def test_sequence_shorter_than_a_chunk(L, scale, offset):
+    """L < chunk_size (the forecasting models run L = 6 with the default chunk of 64) is one chunk
+    of length L: the same outputs, gradients and state as the float64 reference, and rows
+    bit-identical to the first L rows of a sequence longer than a chunk (the first chunk of any
+    sequence does the same arithmetic)."""
+    q, k, v = qkv((2, 3, 80, 4), scale, offset, seed=L)
+    mask = torch.ones(2, 80, dtype=torch.bool)
+    mask[1, 0] = False
+    for dtype in (torch.float64, torch.float32):
+        xs = [t[..., :L, :].to(dtype).clone().requires_grad_() for t in (q, k, v)]
+        y, st = ea_series_chunk(*xs, 6, mask[:, :L], output_final_state=True, chunk_size=64)
+        long_ = ea_series_chunk(*(t.to(dtype) for t in (q, k, v)), 6, mask, chunk_size=64)
+        assert torch.equal(y.detach(), long_[..., :L, :]), dtype
+        if dtype is torch.float64:
+            x2 = [t[..., :L, :].clone().requires_grad_() for t in (q, k, v)]
+            y2 = ea_series_naive(*x2, 6, True, mask[:, :L])
+            assert rel(y, y2) < 1e-9
+            g = torch.randn_like(y)
+            g1, g2 = torch.autograd.grad(y, xs, g), torch.autograd.grad(y2, x2, g)
+            # dq can be ~0 exactly (one key, or one dominant key): errors relative to the largest gradient
+            top = max(b.abs().max() for b in g2)
+            for name, a, b in zip("qkv", g1, g2):
+                assert ((a - b).abs().max() / top).item() < 1e-9, name
+            # the state after L tokens is the state of L steps
+            s = ea_series_init_state(q.shape[:-2] + (q.shape[-1],), 6, dtype=torch.float64)
+            for i in range(L):
+                keep = mask[:, i].view(2, 1, 1)
+                _, s2 = ea_series_step(q[..., i, :], k[..., i, :], v[..., i, :], s, order=6)
+                s = {key: torch.where(keep, s2[key], s[key]) for key in s}
+            for key in ("s", "z", "ref"):  # ref is +inf where no key was seen yet
+                torch.testing.assert_close(st[key], s[key], rtol=1e-9, atol=1e-12 * s[key][s[key].isfinite()].abs().max().item())
