@@ -15,6 +15,8 @@ L = 1024 and >= 10x at L = 16384; non-causal >= 4x and >= 25x). Run it on an oth
 machine. Writes JSON, CSV and markdown into ``benchmarks/results/ea_series_speed_cpu/``.
 
     python benchmarks/ea_series_speed.py [--lengths 1024,4096,16384] [--threads 1] [--repeat 3]
+    python benchmarks/ea_series_speed.py --lengths 6,12,64 --batch 32 --heads 4 --head-dim 16 \
+        --out benchmarks/results/ea_series_speed_cpu_short      # the forecasting models' shapes
 """
 from __future__ import annotations
 
@@ -34,9 +36,10 @@ TARGETS = {(True, 1024): 1.5, (True, 16384): 10.0, (False, 1024): 4.0, (False, 1
 HEADS, HEAD_DIM = 4, 64
 
 
-def _step(kind: str, causal: bool, L: int, seed: int = 0):
+def _step(kind: str, causal: bool, L: int, seed: int = 0, batch: int = 1, heads: int = HEADS,
+          head_dim: int = HEAD_DIM):
     g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(1, HEADS, L, HEAD_DIM, generator=g).requires_grad_() for _ in range(3))
+    q, k, v = (torch.randn(batch, heads, L, head_dim, generator=g).requires_grad_() for _ in range(3))
 
     def run():
         if kind == "sdpa":
@@ -50,13 +53,14 @@ def _step(kind: str, causal: bool, L: int, seed: int = 0):
     return run
 
 
-def measure(lengths: List[int], kinds: List[str], repeat: int) -> List[Dict]:
+def measure(lengths: List[int], kinds: List[str], repeat: int, batch: int = 1, heads: int = HEADS,
+            head_dim: int = HEAD_DIM) -> List[Dict]:
     """Best of ``repeat`` timed calls per backend after one warm-up each; the backends take
     turns (sdpa, ea6, ea2, sdpa, ...) so a slow spell of the machine hits all of them."""
     rows = []
     for causal in (True, False):
         for L in lengths:
-            steps = {kind: _step(kind, causal, L) for kind in kinds}
+            steps = {kind: _step(kind, causal, L, batch=batch, heads=heads, head_dim=head_dim) for kind in kinds}
             for fn in steps.values():
                 fn()  # warm-up
             best = {kind: float("inf") for kind in kinds}
@@ -83,15 +87,18 @@ def main(argv=None) -> int:
     p.add_argument("--backends", default="ea6,ea2", help="EA-series orders to time beside sdpa (eaT)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0 = torch's default)")
     p.add_argument("--repeat", type=int, default=7, help="timed calls per backend (half of it above L = 4096)")
+    p.add_argument("--batch", type=int, default=1, help="batch size B (default 1)")
+    p.add_argument("--heads", type=int, default=HEADS, help=f"heads H (default {HEADS})")
+    p.add_argument("--head-dim", type=int, default=HEAD_DIM, help=f"head width d (default {HEAD_DIM})")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "ea_series_speed_cpu"))
     a = p.parse_args(argv)
     lengths = [int(x) for x in a.lengths.split(",")]
     kinds = ["sdpa"] + [b.strip() for b in a.backends.split(",") if b.strip()]
     with cpu_threads(a.threads if a.threads > 0 else None):
-        env = report.environment("cpu", torch.float32, batch=1, dim=HEADS * HEAD_DIM, heads=HEADS,
+        env = report.environment("cpu", torch.float32, batch=a.batch, dim=a.heads * a.head_dim, heads=a.heads,
                                  measured="forward + backward of out.sum(); best of %d interleaved calls (half above "
                                           "L = 4096) after 1 warm-up" % a.repeat)
-        rows = measure(lengths, kinds, a.repeat)
+        rows = measure(lengths, kinds, a.repeat, a.batch, a.heads, a.head_dim)
     out = report.prepare_out(a.out)
     report.write_json(out / "results.json", {"env": env, "rows": rows})
     report.write_csv(out / "results.csv", rows)
@@ -100,7 +107,7 @@ def main(argv=None) -> int:
         [["causal" if r["causal"] else "non-causal", r["L"], r["backend"], f"{r['seconds'] * 1e3:.1f}",
           f"{r['sdpa_seconds'] * 1e3:.1f}", f"{r['speedup_vs_sdpa']:.2f}x",
           "" if r["target"] is None else f">= {r['target']}x {'✓' if r['meets_target'] else '✗'}"] for r in rows])
-    notes = (f"B = 1, D = {HEADS * HEAD_DIM} ({HEADS} heads of {HEAD_DIM} for SDPA), float32, {env['torch_threads']} "
+    notes = (f"B = {a.batch}, D = {a.heads * a.head_dim} ({a.heads} heads of {a.head_dim} for SDPA), float32, {env['torch_threads']} "
              "torch thread(s); forward + backward of `out.sum()` of the attention op alone, best of "
              f"{a.repeat} calls ({max(1, a.repeat // 2)} above L = 4096) after one warm-up, the backends taking "
              "turns; SDPA and EA-series timed in the same run.")
