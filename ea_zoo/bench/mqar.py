@@ -48,19 +48,22 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "smoke": dict(
         about="seconds (tests)",
         vocab_size=64, alpha=0.01, train=[[16, 2, 256], [16, 4, 256]], val=[[16, 2, 32], [16, 4, 32]],
-        test=[[16, 2, 64], [16, 4, 64]], widths=[16], lrs=[3e-3], depth=2, num_heads=1, mlp_ratio=2.0,
+        test=[[16, 2, 64], [16, 4, 64]], widths=[16], lrs=[3e-3], depth=2, num_heads=1, mlp_ratio=2.0, short_conv=4,
         steps=12, batch_size=32, warmup=2, weight_decay=0.1, grad_clip=1.0, eval_every=6, early_stop_acc=0.99,
         seeds=1, fixed_width=16),
-    # sized by a pilot (see benchmarks/results/mqar_cpu/README or the lead's report): SA at width 64 leaves the
-    # "set of values" plateau (accuracy 1/P) after ~1300 steps at lr 3e-3 on P = 4 and is at 0.975 by step 1900;
-    # on a P 4/8/16 mixture, or at lr 1e-3 / 1e-2, it had not left the plateau by step 3000
+    # sized by pilots on this 2-core machine (one thread per run). Without a short convolution SA at width 64
+    # stayed on the "set of values" plateau (accuracy 1/P) for ~1300 steps at lr 3e-3 and reached 0.975 by
+    # step 1900 (at lr 1e-3 / 1e-2, or on a P 4/8/16 mixture, not by step 3000); the grid would have cost
+    # ~15 CPU-hours. With a short causal convolution of 4 taps in front of every attention (as Based, H3 and
+    # fla's use_short_conv) SA at width 64 passes validation 0.99 at step 800 (68 s); EA-6 rises to 0.78 by
+    # step 1200 and stays there to 1500 (cosine schedule ends), so 1500 steps is the cap.
     "cpu": dict(
-        about="Zoology's basic MQAR (vocab 256, L 64): train 4 pairs, test 4/8/16; widths 32/64/128; lr 3e-3",
+        about="Zoology's basic MQAR (vocab 256, L 64), short conv 4: train 4 pairs, test 4/8/16; widths 16/32/64; lr 3e-3",
         vocab_size=256, alpha=0.01,
         train=[[64, 4, 20000]], val=[[64, 4, 500]],
         test=[[64, 4, 1000], [64, 8, 1000], [64, 16, 1000]],
-        widths=[32, 64, 128], lrs=[3e-3], depth=2, num_heads=1, mlp_ratio=2.0,
-        steps=2500, batch_size=64, warmup=100, weight_decay=0.1, grad_clip=1.0, eval_every=100,
+        widths=[16, 32, 64], lrs=[3e-3], depth=2, num_heads=1, mlp_ratio=2.0, short_conv=4,
+        steps=1500, batch_size=64, warmup=100, weight_decay=0.1, grad_clip=1.0, eval_every=100,
         early_stop_acc=0.99, seeds=1, fixed_width=64),
     "paper": dict(
         about="Zoology / Based Fig. 2 sizes (vocab 8192, lengths 64-512; GPU)",
@@ -70,6 +73,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         test=[[64, 4, 1000], [64, 8, 1000], [64, 16, 1000], [128, 32, 1000], [256, 64, 1000],
               [512, 64, 1000], [512, 128, 1000], [512, 256, 1000]],
         widths=[64, 128, 256, 512], lrs=[4.6e-4, 1e-3, 2.2e-3, 4.6e-3, 1e-2], depth=2, num_heads=1, mlp_ratio=4.0,
+        short_conv=0,
         steps=35000, batch_size=256, warmup=1000, weight_decay=0.1, grad_clip=1.0, eval_every=1000,
         early_stop_acc=0.995, seeds=1, fixed_width=128),
 }
@@ -97,7 +101,8 @@ def build_jobs(p: Dict[str, Any], backends: Sequence[str], seeds: Sequence[int],
                                  "val": p["val"], "test": p["test"], "data_seed": 0, "fresh_train": True},
                         "model": {"name": "lm", "embed_dim": int(w), "depth": p["depth"], "num_heads": p["num_heads"],
                                   "mlp_ratio": p["mlp_ratio"], "dropout": 0.0, "norm_first": True,
-                                  "pos_embed": "learned", "max_len": max_len, "tie_weights": True},
+                                  "pos_embed": "learned", "max_len": max_len, "tie_weights": True,
+                                  "short_conv": int(p["short_conv"])},
                         "train": {"lr": float(lr), "steps": p["steps"], "batch_size": p["batch_size"],
                                   "warmup": p["warmup"], "weight_decay": p["weight_decay"], "betas": [0.9, 0.98],
                                   "grad_clip": p["grad_clip"], "eval_every": p["eval_every"],
@@ -362,7 +367,11 @@ def write_report(jobs, store, p: Dict[str, Any], preset: str, out: Path, env: Di
              f"{p['alpha']}, noise tokens elsewhere). Train: {seg_txt(p['train'])} examples; validation "
              f"{seg_txt(p['val'])}; test {seg_txt(p['test'])} (separately seeded draws). "
              f"Model: causal `lm`, {p['depth']} layers, {p['num_heads']} head(s), FFN {p['mlp_ratio']:g} x width, "
-             f"pre-LN, learned positions, tied input/output embeddings (as Zoology), no dropout. Training: AdamW (betas 0.9/0.98, weight decay "
+             f"pre-LN, learned positions, tied input/output embeddings (as Zoology), no dropout, "
+             + (f"a short causal convolution of {p['short_conv']} taps in front of every attention (the same for "
+                f"every backend; Based / H3 / fla's use_short_conv). " if p.get("short_conv") else
+                "no short convolution. ")
+             + f"Training: AdamW (betas 0.9/0.98, weight decay "
              f"{p['weight_decay']} on matrices), {p['warmup']} warm-up steps then cosine, at most {p['steps']} steps "
              f"of batch {p['batch_size']}, gradient clip {p['grad_clip']}, loss on the query positions; stops once "
              f"validation accuracy >= {p['early_stop_acc']} (checked every {p['eval_every']} steps); the "

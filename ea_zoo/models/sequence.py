@@ -95,6 +95,8 @@ class SequenceTransformer(SequenceBackbone):
             encoders, ``'last'`` for decoders.
         pred_len, out_chans: forecast horizon L' and targets C' (default C) (``'forecast'``).
         tie_weights: LM head shares the token embedding.
+        short_conv: kernel size of a short causal convolution in front of every attention
+            (0 = none; causal models only; see :class:`~ea_zoo.models.short_conv.ShortConv`).
         qkv_bias, norm_eps: as in timm.
 
     ``model.config`` records the arguments (``"model"``) and the attention's
@@ -129,13 +131,14 @@ class SequenceTransformer(SequenceBackbone):
         tie_weights: bool = False,
         qkv_bias: bool = True,
         norm_eps: float = 1e-5,
+        short_conv: int = 0,
     ) -> None:
         args = dict(task=task, in_chans=in_chans, vocab_size=vocab_size, embed_dim=embed_dim, depth=depth,
                     num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout, attn_drop=attn_drop,
                     norm_first=norm_first, causal=causal, pos_embed=pos_embed, max_len=max_len,
                     time_scale=time_scale, max_period=max_period, embed_norm=embed_norm, num_classes=num_classes,
                     pool=pool, pred_len=pred_len, out_chans=out_chans, tie_weights=tie_weights, qkv_bias=qkv_bias,
-                    norm_eps=norm_eps)
+                    norm_eps=norm_eps, short_conv=short_conv)
         # the head's arguments first (a task argument the task does not use is an error)
         head_cls, head_args = resolve_head(task, in_chans=in_chans, vocab_size=vocab_size, causal=causal,
                                            dropout=dropout, num_classes=num_classes, pool=pool, pred_len=pred_len,
@@ -145,7 +148,7 @@ class SequenceTransformer(SequenceBackbone):
                          norm_first=norm_first, causal=causal, pos_embed=pos_embed, max_len=max_len,
                          time_scale=time_scale, max_period=max_period, embed_norm=embed_norm,
                          class_token=head_cls.prefix_tokens(**head_args) > 0, qkv_bias=qkv_bias, norm_eps=norm_eps,
-                         weight_init="skip")
+                         weight_init="skip", short_conv=short_conv)
         self.task = task
         self.head = head_cls(self.embed_dim, **head_args)
         self.init_weights()

@@ -20,7 +20,8 @@ Three forms, all returning hidden states (B, L(+1), D) / (B, D):
   state (one parallel call per layer), ``(h, state)``;
 * ``step(x_t, state, timestamp=None)``: one token, ``(h_t, state)``.
 
-The decoding state is ``{"t": tokens so far, "layers": [each layer's attention state]}``
+The decoding state is ``{"t": tokens so far, "layers": [each layer's state]}`` (a layer's
+state is its attention's, plus the short convolution's last inputs when ``short_conv`` is set)
 (:meth:`SequenceBackbone.init_state`; other keys of a state are passed through).
 """
 from __future__ import annotations
@@ -64,6 +65,10 @@ class SequenceBackbone(nn.Module):
         time_scale, max_period: sinusoidal embedding of ``time_scale * t``.
         embed_norm: LayerNorm after input + position embedding (BERT).
         class_token: a learned token in front of the sequence.
+        short_conv: kernel size K of a depthwise causal convolution in front of every
+            attention (:class:`~ea_zoo.models.short_conv.ShortConv`; H3 / Based / fla's
+            ``use_short_conv``); 0 = none. Needs ``causal=True``; adds (K - 1) * D numbers per
+            layer to the decoding state.
         qkv_bias, norm_eps: as in timm.
         weight_init: ``''`` (timm's ViT init of the backbone's own layers) or ``'skip'``.
     """
@@ -90,6 +95,7 @@ class SequenceBackbone(nn.Module):
         qkv_bias: bool = True,
         norm_eps: float = 1e-5,
         weight_init: str = "",
+        short_conv: int = 0,
     ) -> None:
         super().__init__()
         self.pos_embed_type = choice("pos_embed", pos_embed, POS_EMBEDS)
@@ -112,6 +118,11 @@ class SequenceBackbone(nn.Module):
         self.norm_first = norm_first
         self.max_len = None if max_len is None else pos_int("max_len", max_len)
         choice("weight_init", weight_init, ("", "skip"))
+        if not isinstance(short_conv, int) or isinstance(short_conv, bool) or short_conv < 0 or short_conv == 1:
+            raise ValueError(f"short_conv must be a kernel size >= 2, or 0 for none; got {short_conv!r}")
+        if short_conv and not causal:
+            raise ValueError(f"short_conv={short_conv} is a causal convolution; it needs causal=True")
+        self.short_conv = short_conv
 
         # attention: one spec per layer; causal belongs to the model
         spec = parse_attention(attention)
@@ -142,7 +153,8 @@ class SequenceBackbone(nn.Module):
             SequenceBlock(D, num_heads,
                           s.with_length(self.max_len).build(D, num_heads, causal=causal, qkv_bias=qkv_bias,
                                                             attn_drop=attn_drop, proj_drop=dropout),
-                          mlp_ratio=mlp_ratio, dropout=dropout, norm_first=norm_first, norm_eps=norm_eps)
+                          mlp_ratio=mlp_ratio, dropout=dropout, norm_first=norm_first, norm_eps=norm_eps,
+                          short_conv=short_conv)
             for s in specs
         ])
         self.norm = nn.LayerNorm(D, eps=norm_eps) if norm_first else nn.Identity()
@@ -250,13 +262,14 @@ class SequenceBackbone(nn.Module):
         return (device if device is not None else ref.device), (dtype if dtype is not None else ref.dtype)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
-        """Empty decoding state ``{"t": 0, "layers": [...]}``: every layer's attention state,
-        of that layer's own kind. Needs a causal model; a backend without a decoding form
+        """Empty decoding state ``{"t": 0, "layers": [...]}``: every layer's state
+        (:meth:`SequenceBlock.init_state`: its attention's state, of that layer's own kind, and
+        the short convolution's inputs when there is one). Needs a causal model; a backend without a decoding form
         raises its ``StepNotSupportedError``."""
         if not self.causal:
             raise ValueError("step/generate need a causal model (causal=True); this one is a non-causal encoder")
         device, dtype = self._state_device_dtype(device, dtype)
-        return {"t": 0, "layers": [blk.attn.init_state(batch_size, device=device, dtype=dtype) for blk in self.blocks]}
+        return {"t": 0, "layers": [blk.init_state(batch_size, device=device, dtype=dtype) for blk in self.blocks]}
 
     def step(
         self, x_t: torch.Tensor, state: State, timestamp: Optional[Any] = None
@@ -321,4 +334,4 @@ class SequenceBackbone(nn.Module):
 
     def state_numel(self, seq_len: int) -> int:
         """Numbers one sequence keeps (all layers, each its own kind) to decode token ``seq_len + 1``."""
-        return sum(blk.attn.state_numel(seq_len) for blk in self.blocks)
+        return sum(blk.state_numel(seq_len) for blk in self.blocks)

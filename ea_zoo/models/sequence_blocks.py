@@ -4,7 +4,8 @@
 * :class:`LearnedPositionEmbedding`: a learned table of integer positions;
 * :class:`SequenceBlock`: attention + FFN in residual branches, post-LN or pre-LN, with the
   three forms every layer has: parallel ``forward``, ``prefill`` (L tokens continuing from a
-  decoding state) and ``step`` (one token).
+  decoding state) and ``step`` (one token), and an optional short causal convolution
+  (:class:`~ea_zoo.models.short_conv.ShortConv`) in front of the attention.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from timm.layers import Mlp, trunc_normal_
 
 from ea_zoo.functional.checks import values_visible
 from ea_zoo.models.sequence_args import pos_float, pos_int
+from ea_zoo.models.short_conv import ShortConv
 from ea_zoo.registry import create_attention
 
 __all__ = ["SinusoidalTimeEmbedding", "LearnedPositionEmbedding", "SequenceBlock"]
@@ -74,8 +76,10 @@ class LearnedPositionEmbedding(nn.Module):
 class SequenceBlock(nn.Module):
     """Transformer block: attention + FFN, post-LN (default) or pre-LN (``norm_first``).
 
-    * post-LN: ``x = LN(x + Attn(x)); x = LN(x + FFN(x))``;
-    * pre-LN: ``x = x + Attn(LN(x)); x = x + FFN(LN(x))``.
+    * post-LN: ``x = LN(x + Attn(C(x))); x = LN(x + FFN(x))``;
+    * pre-LN: ``x = x + Attn(C(LN(x))); x = x + FFN(LN(x))``;
+
+    where C is the short causal convolution when ``short_conv`` = K > 0, else the identity.
 
     Args:
         dim, num_heads: width D and heads H.
@@ -85,6 +89,11 @@ class SequenceBlock(nn.Module):
             ``proj_drop=dropout`` and ``attn_options``.
         mlp_ratio, dropout, norm_first, norm_eps: FFN width / D, dropout of the FFN (and of
             the attention output when built here), pre-LN, LayerNorm epsilon.
+        short_conv: kernel size K of a depthwise causal convolution on the attention's input
+            (0 = none; needs a causal attention).
+
+    Decoding state of the block (:meth:`init_state`): the attention's state, or with a short
+    convolution ``{"attn": the attention's state, "conv": the last K - 1 inputs (B, K-1, D)}``.
 
     Parameter names follow timm's ViT block (``attn.qkv``, ``attn.proj``, ``norm1``,
     ``mlp.fc1``, ``mlp.fc2``, ``norm2``).
@@ -103,6 +112,7 @@ class SequenceBlock(nn.Module):
         qkv_bias: bool = True,
         norm_eps: float = 1e-5,
         attn_options: Optional[Dict[str, Any]] = None,
+        short_conv: int = 0,
     ) -> None:
         super().__init__()
         self.norm_first = bool(norm_first)
@@ -116,32 +126,61 @@ class SequenceBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU, drop=dropout)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        if not isinstance(short_conv, int) or isinstance(short_conv, bool) or short_conv < 0:
+            raise ValueError(f"short_conv must be a kernel size >= 2, or 0 for none; got {short_conv!r}")
+        if short_conv and not getattr(self.attn, "causal", False):
+            raise ValueError(f"short_conv={short_conv} is a causal convolution; it needs causal=True")
+        self.short_conv: Optional[ShortConv] = ShortConv(dim, short_conv) if short_conv else None
 
     def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x (B, L, D) -> (B, L, D)."""
+        conv = (lambda h: h) if self.short_conv is None else (lambda h: self.short_conv(h, padding_mask))
         if self.norm_first:
-            x = x + self.attn(self.norm1(x), attn_mask=padding_mask)
+            x = x + self.attn(conv(self.norm1(x)), attn_mask=padding_mask)
             return x + self.mlp(self.norm2(x))
-        x = self.norm1(x + self.attn(x, attn_mask=padding_mask))
+        x = self.norm1(x + self.attn(conv(x), attn_mask=padding_mask))
         return self.norm2(x + self.mlp(x))
 
-    def prefill(self, x: torch.Tensor, state: Dict[str, Any]) -> Tuple[torch.Tensor, Dict[str, Any]]:
-        """Causal tokens x (B, L, D) through the block continuing from the attention's state
-        (one parallel call: :meth:`AttentionBase.prefill`)."""
+    # ------------------------------------------------------------------ decoding
+    def init_state(self, batch_size: int, device=None, dtype=None) -> Any:
+        """The block's empty decoding state (see the class docstring)."""
+        st = self.attn.init_state(batch_size, device=device, dtype=dtype)
+        if self.short_conv is None:
+            return st
+        return {"attn": st, "conv": self.short_conv.init_state(batch_size, device=device, dtype=dtype)}
+
+    def state_numel(self, seq_len: int) -> int:
+        """Numbers one sequence keeps in this block to decode token ``seq_len + 1``."""
+        conv = 0 if self.short_conv is None else self.short_conv.state_numel(seq_len)
+        return self.attn.state_numel(seq_len) + conv
+
+    def _mix(self, h: torch.Tensor, state: Any, one: bool) -> Tuple[torch.Tensor, Any]:
+        """Attention (after the short convolution, if any) of the attention input h, with state."""
+        if self.short_conv is None:
+            return (self.attn.step if one else self.attn.prefill)(h, state)
+        if not isinstance(state, dict) or set(state) != {"attn", "conv"}:
+            raise ValueError("a block with short_conv decodes from {'attn', 'conv'} states; use model.init_state(B)")
+        h, conv = (self.short_conv.step if one else self.short_conv.prefill)(h, state["conv"])
+        a, st = (self.attn.step if one else self.attn.prefill)(h, state["attn"])
+        return a, {"attn": st, "conv": conv}
+
+    def prefill(self, x: torch.Tensor, state: Any) -> Tuple[torch.Tensor, Any]:
+        """Causal tokens x (B, L, D) through the block continuing from its state (one parallel
+        call: :meth:`AttentionBase.prefill`)."""
         if self.norm_first:
-            a, state = self.attn.prefill(self.norm1(x), state)
+            a, state = self._mix(self.norm1(x), state, one=False)
             x = x + a
             return x + self.mlp(self.norm2(x)), state
-        a, state = self.attn.prefill(x, state)
+        a, state = self._mix(x, state, one=False)
         x = self.norm1(x + a)
         return self.norm2(x + self.mlp(x)), state
 
-    def step(self, x_t: torch.Tensor, state: Dict[str, Any]) -> Tuple[torch.Tensor, Dict[str, Any]]:
-        """One token x_t (B, D) through the block with the attention's decoding state."""
+    def step(self, x_t: torch.Tensor, state: Any) -> Tuple[torch.Tensor, Any]:
+        """One token x_t (B, D) through the block with its decoding state."""
         if self.norm_first:
-            a, state = self.attn.step(self.norm1(x_t), state)
+            a, state = self._mix(self.norm1(x_t), state, one=True)
             x_t = x_t + a
             return x_t + self.mlp(self.norm2(x_t)), state
-        a, state = self.attn.step(x_t, state)
+        a, state = self._mix(x_t, state, one=True)
         x_t = self.norm1(x_t + a)
         return self.norm2(x_t + self.mlp(x_t)), state
