@@ -34,6 +34,7 @@ from timm.layers import trunc_normal_
 
 from ea_zoo.functional.checks import check_key_padding_mask
 from ea_zoo.models.sequence_args import choice, pos_float, pos_int
+from ea_zoo.models.short_conv import check_short_conv
 from ea_zoo.models.sequence_blocks import LearnedPositionEmbedding, SequenceBlock, SinusoidalTimeEmbedding
 from ea_zoo.registry import HybridSpec, layer_specs, parse_attention
 
@@ -118,11 +119,7 @@ class SequenceBackbone(nn.Module):
         self.norm_first = norm_first
         self.max_len = None if max_len is None else pos_int("max_len", max_len)
         choice("weight_init", weight_init, ("", "skip"))
-        if not isinstance(short_conv, int) or isinstance(short_conv, bool) or short_conv < 0 or short_conv == 1:
-            raise ValueError(f"short_conv must be a kernel size >= 2, or 0 for none; got {short_conv!r}")
-        if short_conv and not causal:
-            raise ValueError(f"short_conv={short_conv} is a causal convolution; it needs causal=True")
-        self.short_conv = short_conv
+        self.short_conv = check_short_conv(short_conv, causal)
 
         # attention: one spec per layer; causal belongs to the model
         spec = parse_attention(attention)

@@ -18,7 +18,7 @@ from timm.layers import Mlp, trunc_normal_
 
 from ea_zoo.functional.checks import values_visible
 from ea_zoo.models.sequence_args import pos_float, pos_int
-from ea_zoo.models.short_conv import ShortConv
+from ea_zoo.models.short_conv import ShortConv, check_short_conv
 from ea_zoo.registry import create_attention
 
 __all__ = ["SinusoidalTimeEmbedding", "LearnedPositionEmbedding", "SequenceBlock"]
@@ -126,10 +126,7 @@ class SequenceBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU, drop=dropout)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        if not isinstance(short_conv, int) or isinstance(short_conv, bool) or short_conv < 0:
-            raise ValueError(f"short_conv must be a kernel size >= 2, or 0 for none; got {short_conv!r}")
-        if short_conv and not getattr(self.attn, "causal", False):
-            raise ValueError(f"short_conv={short_conv} is a causal convolution; it needs causal=True")
+        short_conv = check_short_conv(short_conv, getattr(self.attn, "causal", False))
         self.short_conv: Optional[ShortConv] = ShortConv(dim, short_conv) if short_conv else None
 
     def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:

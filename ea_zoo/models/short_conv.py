@@ -26,7 +26,16 @@ from torch import nn
 
 from ea_zoo.models.sequence_args import pos_int
 
-__all__ = ["ShortConv"]
+__all__ = ["ShortConv", "check_short_conv"]
+
+
+def check_short_conv(value, causal: bool) -> int:
+    """The ``short_conv`` option, validated: a kernel size K >= 2, or 0 for none (causal models only)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value == 1:
+        raise ValueError(f"short_conv must be a kernel size >= 2, or 0 for none; got {value!r}")
+    if value and not causal:
+        raise ValueError(f"short_conv={value} is a causal convolution; it needs causal=True")
+    return value
 
 
 class ShortConv(nn.Module):
@@ -39,9 +48,9 @@ class ShortConv(nn.Module):
     def __init__(self, dim: int, kernel_size: int = 4) -> None:
         super().__init__()
         self.dim = pos_int("dim", dim)
-        self.kernel_size = pos_int("short_conv", kernel_size)
-        if self.kernel_size < 2:
-            raise ValueError(f"short_conv (kernel size) must be >= 2 (or 0 for none), got {kernel_size}")
+        self.kernel_size = check_short_conv(kernel_size, causal=True)
+        if not self.kernel_size:
+            raise ValueError("ShortConv needs a kernel size >= 2, got 0")
         conv = nn.Conv1d(dim, dim, self.kernel_size, groups=dim)
         self.weight = nn.Parameter(conv.weight.detach().clone())
         self.bias = nn.Parameter(conv.bias.detach().clone())
