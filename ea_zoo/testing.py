@@ -13,7 +13,7 @@ i. The functions below assert exactly that, so a new backend's test file can cal
 import torch
 
 __all__ = ["SCALES", "random_pieces", "rel_err", "tensors", "check_init_state", "check_prefill_and_step",
-           "check_future_invariance"]
+           "check_future_invariance", "check_model_decoding"]
 
 #: input scales the contract is checked at (trained models reach 10-30)
 SCALES = [1.0, 3.0, 10.0, 30.0]
@@ -102,3 +102,27 @@ def check_future_invariance(attend, H, d, dtype, scale, L=24, cuts=(1, 7, 16, 23
                 assert torch.equal(out2[:, :, :i], out[:, :, :i]), (offset, i)
             else:
                 assert rel_err(out2[:, :, :i], out[:, :, :i]) <= 1e-6, (offset, i)
+
+
+def check_model_decoding(m, ids, cut_a, cut_b, rtol=1e-9, atol=1e-10):
+    """A causal model's three forms agree on token ids (B, L): the parallel forward == ``step``
+    token by token == ``prefill(ids[:, :cut_a])``, ``prefill(ids[:, cut_a:cut_b], state)``, then
+    ``step`` to the end. Returns the parallel output."""
+    L = ids.shape[1]
+    with torch.no_grad():
+        full = m(ids)
+        state = m.init_state(ids.shape[0])
+        steps = []
+        for t in range(L):
+            y, state = m.step(ids[:, t], state)
+            steps.append(y)
+        a, st = m.prefill(ids[:, :cut_a])
+        b, st = m.prefill(ids[:, cut_a:cut_b], st)
+        outs = [a, b]
+        for t in range(cut_b, L):
+            y, st = m.step(ids[:, t], st)
+            outs.append(y[:, None])
+    assert state["t"] == st["t"] == L
+    torch.testing.assert_close(torch.stack(steps, 1), full, rtol=rtol, atol=atol)
+    torch.testing.assert_close(torch.cat(outs, 1), full, rtol=rtol, atol=atol)
+    return full

@@ -7,6 +7,7 @@ import ea_zoo
 from ea_zoo import StepNotSupportedError
 from ea_zoo.models import SequenceTransformer, SinusoidalTimeEmbedding
 from ea_zoo.registry import get_attention_cls
+from ea_zoo.testing import check_model_decoding
 
 SEQ_TINY = dict(depth=2, embed_dim=16, num_heads=2, dropout=0.0)
 STEPPABLE = [n for n in ea_zoo.list_attentions() if get_attention_cls(n).supports_step]
@@ -151,17 +152,7 @@ def test_generate_cached_equals_uncached(backend):
 @pytest.mark.parametrize("backend", STEPPABLE)
 def test_prefill_in_pieces_then_step_equals_forward(backend):
     m = _lm(backend, norm_first=True)
-    ids = torch.randint(0, 13, (2, 11))
-    with torch.no_grad():
-        full = m(ids)
-        a, state = m.prefill(ids[:, :4])
-        b, state = m.prefill(ids[:, 4:9], state)
-        outs = [a, b]
-        for t in range(9, 11):
-            y, state = m.step(ids[:, t], state)
-            outs.append(y[:, None])
-    assert state["t"] == 11
-    torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-9, atol=1e-10)
+    check_model_decoding(m, torch.randint(0, 13, (2, 11)), 4, 9)
 
 
 def test_generate_refuses_past_a_backends_max_len_before_decoding(monkeypatch):

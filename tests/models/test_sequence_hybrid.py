@@ -10,6 +10,7 @@ import torch
 import ea_zoo
 from ea_zoo.models import SequenceTransformer
 from ea_zoo.registry import parse_attention
+from ea_zoo.testing import check_model_decoding
 
 TINY = dict(depth=3, embed_dim=16, num_heads=2, dropout=0.0)
 FORMS = {
@@ -42,22 +43,7 @@ def test_hybrid_layers_are_the_specs_layers(form):
 def test_hybrid_parallel_equals_step_equals_prefill_in_pieces(form, norm_first):
     m = _hybrid_lm(FORMS[form], norm_first=norm_first)
     ids = torch.randint(0, 13, (2, 10))
-    with torch.no_grad():
-        full = m(ids)
-        state = m.init_state(2)
-        steps = []
-        for t in range(ids.shape[1]):
-            y, state = m.step(ids[:, t], state)
-            steps.append(y)
-        a, st = m.prefill(ids[:, :3])
-        b, st = m.prefill(ids[:, 3:8], st)
-        outs = [a, b]
-        for t in range(8, 10):
-            y, st = m.step(ids[:, t], st)
-            outs.append(y[:, None])
-    assert state["t"] == st["t"] == 10
-    torch.testing.assert_close(torch.stack(steps, 1), full, rtol=1e-9, atol=1e-10)
-    torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-9, atol=1e-10)
+    check_model_decoding(m, ids, 3, 8)
     # and greedy decoding with the mixed state equals the parallel re-run
     prompt = ids[:, :3]
     assert torch.equal(m.generate(prompt, 4), m.generate(prompt, 4, use_cache=False))
