@@ -7,8 +7,13 @@ Per channel c (element-wise), with the similarity o_ijc = -(q_ic - k_jc)^2 (eq. 
 i.e. a softmax over keys for every (query, channel) pair. The exact form costs O(L^2 D)
 compute; this reference never holds more than one block of the (L, L, D) similarity tensor:
 queries are processed in blocks sized so a block of (block, L, D) stays under
-``max_block_elements``, and each block is recomputed in the backward pass
-(``torch.utils.checkpoint``) instead of being stored, so memory is O(L D + block L D).
+``max_block_elements``. Each block is an autograd function with a hand-written backward that
+saves only q, k, v, the output and the per-(query, channel) max and denominator (O(L D)) and
+recomputes the block's weights p_ijc = e^{o_ijc - m_ic} / den_ic, so memory is
+O(L D + block L D) and no forward is run twice. With g = dLoss/dy:
+
+    dv_j = sum_i p_ij g_i,   s_ij = p_ij g_i (v_j - y_i) = dLoss/do_ij,
+    dq_i = -2 sum_j s_ij (q_i - k_j),   dk_j = 2 sum_i s_ij (q_i - k_j)   (per channel).
 
 It is numerically stable as flash attention is: the per-(query, channel) maximum of o_ijc
 over the valid keys is subtracted before exp, so the largest weight is exactly 1.
@@ -18,7 +23,6 @@ from __future__ import annotations
 from typing import Dict, Optional, Tuple
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from ea_zoo.functional.checks import check_qkv, expand_key_mask
 from ea_zoo.functional.numerics import compute_dtype, safe_ratio
@@ -29,33 +33,68 @@ __all__ = ["ea", "ea_init_state", "ea_step", "DEFAULT_MAX_BLOCK_ELEMENTS"]
 DEFAULT_MAX_BLOCK_ELEMENTS = 1 << 24
 
 
-def _ea_block(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    km: Optional[torch.Tensor],
-    q_start: int,
-    causal: bool,
-) -> torch.Tensor:
-    """One query block: q (..., Lq, D), k, v (..., Lk, D) -> (..., Lq, D)."""
-    logits = -(q.unsqueeze(-2) - k.unsqueeze(-3)).square()  # (..., Lq, Lk, D), eq. 1
+def _invalid_keys(Lq: int, Lk: int, q_start: int, causal: bool, km: Optional[torch.Tensor], device):
+    """Bool (.., Lq, Lk, 1) of the keys a query block may not see (None: all visible)."""
     invalid = None
     if km is not None:  # (B, 1.., Lk, 1) -> (B, 1.., 1, Lk, 1)
         invalid = ~km.unsqueeze(-3)
     if causal:
-        Lq, Lk = q.shape[-2], k.shape[-2]
-        qi = torch.arange(q_start, q_start + Lq, device=q.device)
-        kj = torch.arange(Lk, device=q.device)
+        qi = torch.arange(q_start, q_start + Lq, device=device)
+        kj = torch.arange(Lk, device=device)
         future = (kj[None, :] > qi[:, None]).unsqueeze(-1)  # (Lq, Lk, 1)
         invalid = future if invalid is None else (invalid | future)
+    return invalid
+
+
+def _similarity(q, k, invalid):
+    """(q_i - k_j) and o_ij = -(q_i - k_j)^2 (eq. 1), -inf at invalid keys: two (.., Lq, Lk, D) tensors."""
+    diff = q.unsqueeze(-2) - k.unsqueeze(-3)
+    o = diff.square().neg_()
     if invalid is not None:
-        logits = logits.masked_fill(invalid, float("-inf"))
-    m = logits.detach().amax(dim=-2, keepdim=True)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    w = torch.exp(logits - m)  # masked entries -> 0; max entry -> 1
-    num = (w * v.unsqueeze(-3)).sum(-2)
-    den = w.sum(-2)
-    return safe_ratio(num, den)
+        o.masked_fill_(invalid, float("-inf"))
+    return diff, o
+
+
+class _EABlock(torch.autograd.Function):
+    """One query block: q (..., Lq, D), k, v (..., Lk, D) -> y (..., Lq, D) (with the row max m
+    and denominator den, (..., 1, D) / (..., Lq, D), for the backward)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(q, k, v, km, q_start: int, causal: bool):
+        invalid = _invalid_keys(q.shape[-2], k.shape[-2], q_start, causal, km, q.device)
+        _, w = _similarity(q, k, invalid)
+        m = w.amax(dim=-2, keepdim=True)
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        w.sub_(m).exp_()  # masked entries -> 0; max entry -> 1
+        den = w.sum(-2)
+        num = (w * v.unsqueeze(-3)).sum(-2)
+        return safe_ratio(num, den), m, den
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        q, k, v, km, q_start, causal = inputs
+        y, m, den = output
+        ctx.has_mask = km is not None
+        ctx.q_start, ctx.causal = q_start, causal
+        ctx.save_for_backward(q, k, v, y, m, den, km if km is not None else q.new_empty(0, dtype=torch.bool))
+        ctx.mark_non_differentiable(m, den)
+
+    @staticmethod
+    def backward(ctx, g, _grad_m, _grad_den):
+        q, k, v, y, m, den, km = ctx.saved_tensors
+        invalid = _invalid_keys(q.shape[-2], k.shape[-2], ctx.q_start, ctx.causal,
+                                km if ctx.has_mask else None, q.device)
+        diff, p = _similarity(q, k, invalid)
+        ok = den > 0
+        inv_den = torch.where(ok, 1.0 / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(den))
+        p.sub_(m).exp_().mul_(inv_den.unsqueeze(-2))  # p_ijc; 0 for a query that sees no key
+        gi = g.unsqueeze(-2)
+        dv = (p * gi).sum(-3)
+        s = v.unsqueeze(-3) - y.unsqueeze(-2)
+        s.mul_(p).mul_(gi).mul_(diff)  # dLoss/do_ij * (q_i - k_j)
+        return s.sum(-2).mul_(-2.0), s.sum(-3).mul_(2.0), dv, None, None, None
 
 
 def ea(
@@ -106,7 +145,7 @@ def _reference(
     key_padding_mask: Optional[torch.Tensor] = None,
     max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
 ) -> torch.Tensor:
-    """The PyTorch reference of :func:`ea` (blocked, checkpointed), same arguments less ``impl``."""
+    """The PyTorch reference of :func:`ea` (query blocks, each with its own backward), same arguments less ``impl``."""
     check_qkv(q, k, v, "ea")
     if causal and q.shape[-2] != k.shape[-2]:
         raise ValueError(f"ea: causal needs as many queries as keys, got {q.shape[-2]} and {k.shape[-2]}")
@@ -121,15 +160,8 @@ def _reference(
     Lq, Lk = q.shape[-2], k.shape[-2]
     per_query = max(1, k[..., :1, :].numel() * Lk)  # elements of one query row of the block
     block = max(1, min(Lq, max_block_elements // per_query))
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    outs = []
-    for start in range(0, Lq, block):
-        qb = q[..., start : start + block, :]
-        if needs_grad and block < Lq:
-            out = checkpoint(_ea_block, qb, k, v, km, start, causal, use_reentrant=False)
-        else:
-            out = _ea_block(qb, k, v, km, start, causal)
-        outs.append(out)
+    outs = [_EABlock.apply(q[..., start : start + block, :], k, v, km, start, causal)[0]
+            for start in range(0, Lq, block)]
     y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)
     return y.to(out_dtype)
 
