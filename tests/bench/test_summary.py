@@ -23,3 +23,25 @@ def test_which_backend_table(tmp_path):
     lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
     assert [ln.split(" | ")[0] for ln in lines[1:]] == ["| ea6", "| sa"]
     assert (res / "which_backend.json").is_file() and (res / "which_backend.csv").is_file()
+
+
+def test_which_backend_mqar_columns_use_the_trained_segment(tmp_path):
+    """The MQAR columns read the accuracy on the trained (length, pairs) segment, at the largest
+    finished width, and the smallest state where it reaches the threshold."""
+    res = tmp_path / "results"
+    (res / "mqar_cpu").mkdir(parents=True)
+    best = [
+        {"kind": "best", "backend": "sa", "width": 32, "test_acc": 0.5, "test_L64_P4": 0.95, "state_bytes": 2 ** 15},
+        {"kind": "best", "backend": "sa", "width": 64, "test_acc": 0.8, "test_L64_P4": 0.99, "state_bytes": 2 ** 16},
+        {"kind": "best", "backend": "ea6", "width": 32, "test_acc": 0.1, "test_L64_P4": 0.2, "state_bytes": 2 ** 10},
+        {"kind": "best", "backend": "ea6", "width": 64, "test_acc": 0.3, "test_L64_P4": 0.77, "state_bytes": 2 ** 11},
+        {"kind": "best", "backend": "la", "width": 128, "status": "not run"},
+    ]
+    (res / "mqar_cpu" / "mqar.json").write_text(json.dumps({
+        "config": {"train": [[64, 4, 100]], "test": [[64, 4, 10], [64, 16, 10]]}, "results": best}))
+    assert main(["which-backend", "--results", str(res), "--link-root", str(tmp_path)]) == 0
+    md = (res / "which_backend.md").read_text()
+    assert "MQAR acc at the trained L64 P4 @ width 64 (state)" in md
+    rows = {ln.split(" | ")[0][2:]: ln for ln in md.splitlines() if ln.startswith("| ") and " | " in ln}
+    assert "0.990 (64.0 KiB)" in rows["sa"] and "32.0 KiB (w32)" in rows["sa"]
+    assert "0.770 (2.0 KiB)" in rows["ea6"] and "not reached" in rows["ea6"]
