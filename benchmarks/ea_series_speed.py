@@ -7,7 +7,8 @@ backward of ``out.sum()``) in float32 at B = 1, D = 256:
 * ``sdpa``: ``F.scaled_dot_product_attention`` on (1, 4, L, 64) (4 heads; PyTorch's fused
   CPU kernel, O(L D) memory), causal or not;
 * ``ea6`` / ``ea2``: ``ea_zoo.functional.ea_series(..., impl="reference")`` on the same
-  (1, 4, L, 64) tensors (every channel is independent, so heads only group channels).
+  (1, 4, L, 64) tensors (every channel is independent, so heads only group channels);
+* ``ea``: full EA, ``ea_zoo.functional.ea(..., impl="reference")`` (O(L^2 D)).
 
 It reports the best of ``--repeat`` timed calls after a warm-up, the ratio SDPA time / EA
 time measured in the same run, and the issue's targets beside them (causal >= 1.5x at
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 
 from ea_zoo.analysis import report
 from ea_zoo.analysis.speed import cpu_threads, time_call
-from ea_zoo.functional import ea_series
+from ea_zoo.functional import ea, ea_series
 
 TARGETS = {(True, 1024): 1.5, (True, 16384): 10.0, (False, 1024): 4.0, (False, 16384): 25.0}
 HEADS, HEAD_DIM = 4, 64
@@ -44,6 +45,8 @@ def _step(kind: str, causal: bool, L: int, seed: int = 0, batch: int = 1, heads:
     def run():
         if kind == "sdpa":
             out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        elif kind == "ea":
+            out = ea(q, k, v, causal=causal, impl="reference")
         else:
             out = ea_series(q, k, v, order=int(kind[2:]), causal=causal, impl="reference")
         out.sum().backward()
@@ -84,7 +87,7 @@ def measure(lengths: List[int], kinds: List[str], repeat: int, batch: int = 1, h
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lengths", default="1024,2048,4096,8192,16384")
-    p.add_argument("--backends", default="ea6,ea2", help="EA-series orders to time beside sdpa (eaT)")
+    p.add_argument("--backends", default="ea6,ea2", help="EA-series orders to time beside sdpa (eaT), or ea (full EA, eq. 2)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0 = torch's default)")
     p.add_argument("--repeat", type=int, default=7, help="timed calls per backend (half of it above L = 4096)")
     p.add_argument("--batch", type=int, default=1, help="batch size B (default 1)")
