@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from ea_zoo.bench import common
 
-__all__ = ["PRESETS", "build_jobs", "train_run", "collect", "add_arguments", "run"]
+__all__ = ["PRESETS", "headline_metric", "build_jobs", "train_run", "collect", "add_arguments", "run"]
 
 RECIPE_VERSION = 1
 
@@ -84,6 +84,20 @@ PRESETS["gpu"] = PRESETS["paper"]
 # ----------------------------------------------------------------------------- runs
 def _seg_name(seg: Sequence[int]) -> str:
     return f"L{seg[0]}_P{seg[1]}"
+
+
+def _trained_seg(p: Dict[str, Any]) -> Optional[str]:
+    """The test segment drawn like the training data (one train segment, also tested), or None."""
+    names = [_seg_name(s) for s in p["test"]]
+    return _seg_name(p["train"][0]) if len(p["train"]) == 1 and _seg_name(p["train"][0]) in names else None
+
+
+def headline_metric(p: Dict[str, Any]) -> Tuple[str, str]:
+    """(row key, label) of the headline accuracy: on the trained segment when tested, else overall."""
+    seg = _trained_seg(p)
+    if seg is None:
+        return "test_acc", "test accuracy"
+    return f"test_{seg}", f"test accuracy at the trained {seg.replace('_', ' ')}"
 
 
 def build_jobs(p: Dict[str, Any], backends: Sequence[str], seeds: Sequence[int], device: str) -> List[common.Job]:
@@ -309,8 +323,9 @@ def _plot(best: List[Dict[str, Any]], p: Dict[str, Any], fixed_width: int, path:
     markers = "osD^v<>ph*Xd+x"
     cmap = plt.get_cmap("tab20")
     segs = [_seg_name(s) for s in p["test"]]
+    key, what = headline_metric(p)
     for i, b in enumerate(labels):
-        pts = sorted((r["state_bytes"], r["test_acc"]) for r in best if r["backend"] == b and r.get("test_acc") is not None)
+        pts = sorted((r["state_bytes"], r[key]) for r in best if r["backend"] == b and r.get(key) is not None)
         style = dict(marker=markers[i % len(markers)], color=cmap(i % 20), linestyle="--" if b == "sa" else "-",
                      markersize=5, linewidth=1.3, label=b)
         if pts:
@@ -323,7 +338,7 @@ def _plot(best: List[Dict[str, Any]], p: Dict[str, Any], fixed_width: int, path:
             axes[1].plot(xs, ys, **style)
     axes[0].set_xscale("log", base=2)
     axes[0].set_xlabel(f"decode state (bytes, float32, all layers, after L={max(s[0] for s in p['test'])})")
-    axes[0].set_ylabel("MQAR test accuracy (best lr per width)")
+    axes[0].set_ylabel(f"MQAR {what} (best lr per width)", fontsize=9)
     axes[0].set_title(f"(a) accuracy vs state size; widths {p['widths']}", fontsize=10)
     axes[1].set_xscale("log", base=2)
     axes[1].set_xlabel("key-value pairs in the test sequence")
@@ -344,6 +359,7 @@ def write_report(jobs, store, p: Dict[str, Any], preset: str, out: Path, env: Di
     labels = list(dict.fromkeys(r["backend"] for r in best))
     widths = p["widths"]
     get = {(r["backend"], r["width"]): r for r in best}
+    key, what = headline_metric(p)
     t1 = []
     for b in labels:
         cells = []
@@ -352,9 +368,10 @@ def write_report(jobs, store, p: Dict[str, Any], preset: str, out: Path, env: Di
             if r.get("test_acc") is None:
                 cells.append("not run")
             else:
-                cells.append(f"{common.fmt_pm(r['test_acc'], r['test_acc_std'], r['n_seeds'])} "
-                             f"({common.fmt_bytes(r['state_bytes'])}, lr {r['best_lr']:g}"
-                             + ("" if r["status"] == "ok" else f", {r['status']}") + ")")
+                head = (common.fmt_pm(r["test_acc"], r["test_acc_std"], r["n_seeds"]) if key == "test_acc"
+                        else f"{r[key]:.3f} (all {r['test_acc']:.3f};")
+                cells.append(f"{head} {'(' if key == 'test_acc' else ''}{common.fmt_bytes(r['state_bytes'])}, "
+                             f"lr {r['best_lr']:g}" + ("" if r["status"] == "ok" else f", {r['status']}") + ")")
         t1.append([b, *cells])
     segs = [_seg_name(s) for s in p["test"]]
     t2 = []
@@ -381,7 +398,10 @@ def write_report(jobs, store, p: Dict[str, Any], preset: str, out: Path, env: Di
              f"of query positions whose value is predicted (argmax). Decode state = `model.state_numel(L) * 4` "
              f"bytes after L = {max(s[0] for s in p['test'])} tokens. {n_ok}/{len(runs)} runs finished.")
     sections = [
-        ("Test accuracy per width (decode state, best lr)", common.md_table(["backend", *[f"width {w}" for w in widths]], t1)),
+        (f"{what[0].upper() + what[1:]}, per width"
+         + (" (in brackets: over all test segments; decode state; best lr)" if key != "test_acc"
+            else " (decode state, best lr)"),
+         common.md_table(["backend", *[f"width {w}" for w in widths]], t1)),
         (f"Test accuracy per number of pairs at width {fixed_width}",
          common.md_table(["backend", *[s.replace('_', ' ') for s in segs]], t2)),
         ("Setup", notes),

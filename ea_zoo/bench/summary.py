@@ -166,14 +166,15 @@ def build_table(results: Path, link_root: Path, recall_threshold: float = 0.9) -
     # MQAR
     mq = _load(results / SOURCES["mqar"])
     if mq:
-        # accuracy on the trained (length, pairs) segment when the test has it (recall of what was
-        # learned), else over the whole test set
-        train = (mq.get("config") or {}).get("train") or []
-        seg = f"test_L{train[0][0]}_P{train[0][1]}" if len(train) == 1 else None
+        # the report's headline: accuracy on the trained (length, pairs) segment when it is tested
+        from ea_zoo.bench.mqar import headline_metric
+
+        cfg = mq.get("config") or {}
+        seg, what = headline_metric(cfg) if cfg.get("train") and cfg.get("test") else ("test_acc", "test accuracy")
         best = [r for r in mq.get("results", []) if r.get("kind") == "best" and _fin(r.get("test_acc"))]
-        if seg is None or not all(_fin(r.get(seg)) for r in best):
-            seg = "test_acc"
-        what = "test acc" if seg == "test_acc" else f"acc at the trained {seg[5:].replace('_', ' ')}"
+        if not all(_fin(r.get(seg)) for r in best):
+            seg, what = "test_acc", "test accuracy"
+        what = what.replace("test accuracy", "acc")
         widths = sorted({r["width"] for r in best})
         wmax = widths[-1] if widths else None
         c1 = _Col(f"MQAR {what} @ width {wmax} (state)", True, md_link("mqar"))
