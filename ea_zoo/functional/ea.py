@@ -65,7 +65,7 @@ class _EABlock(torch.autograd.Function):
     def forward(q, k, v, km, q_start: int, causal: bool):
         invalid = _invalid_keys(q.shape[-2], k.shape[-2], q_start, causal, km, q.device)
         _, w = _similarity(q, k, invalid)
-        m = w.amax(dim=-2, keepdim=True)
+        m = w.detach().amax(dim=-2, keepdim=True)  # a constant shift (also when traced as plain ops)
         m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
         w.sub_(m).exp_()  # masked entries -> 0; max entry -> 1
         den = w.sum(-2)
@@ -160,7 +160,11 @@ def _reference(
     Lq, Lk = q.shape[-2], k.shape[-2]
     per_query = max(1, k[..., :1, :].numel() * Lk)  # elements of one query row of the block
     block = max(1, min(Lq, max_block_elements // per_query))
-    outs = [_EABlock.apply(q[..., start : start + block, :], k, v, km, start, causal)[0]
+    # the hand-written backward when a gradient is wanted; plain ops otherwise, and under
+    # torch.jit.trace (fvcore's FLOP counting sees the ops, not one opaque PythonOp)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    block_fn = _EABlock.apply if needs_grad and not torch.jit.is_tracing() else _EABlock.forward
+    outs = [block_fn(q[..., start : start + block, :], k, v, km, start, causal)[0]
             for start in range(0, Lq, block)]
     y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)
     return y.to(out_dtype)

@@ -124,3 +124,20 @@ def test_nan_at_padded_key_does_not_reach_valid_outputs(causal):
     clean = ea(q, k, v, causal=causal, key_padding_mask=mask)
     k[0, 3], v[0, 3] = float("nan"), float("inf")
     torch.testing.assert_close(ea(q, k, v, causal=causal, key_padding_mask=mask), clean, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_plain_op_path_has_the_same_gradients(causal):
+    """Under torch.jit.trace (fvcore) the block runs as plain ops through autograd; its gradients
+    equal the hand-written backward's."""
+    from ea_zoo.functional.ea import _EABlock
+
+    q, k, v = (10 * torch.randn(2, 7, 3, dtype=torch.float64) for _ in range(3))
+    g = torch.randn(2, 7, 3, dtype=torch.float64)
+    grads = []
+    for fn in (_EABlock.apply, _EABlock.forward):
+        x = [t.clone().requires_grad_() for t in (q, k, v)]
+        y = fn(*x, None, 0, causal)[0]
+        grads.append([y, *torch.autograd.grad(y, x, g)])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
