@@ -58,12 +58,15 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     # fla's use_short_conv) SA at width 64 passes validation 0.99 at step 800 (68 s); EA-6 rises to 0.78 by
     # step 1200 and stays there to 1500 (cosine schedule ends), so 1500 steps is the cap. At width 16 (256 tokens)
     # even SA reached only 0.22 validation accuracy in 1500 steps (EA-2 0.12), so the widths start at 32.
+    # Zoology sweeps the learning rate per (backend, width) and reports the best; here a 3-point sweep
+    # around the pilots' 3e-3 (a run is keyed by its own lr, so the grid can be finished one lr at a time).
     "cpu": dict(
-        about="Zoology's basic MQAR (vocab 256, L 64), short conv 4: train 4 pairs, test 4/8/16; widths 32/64/128; lr 3e-3",
+        about="Zoology's basic MQAR (vocab 256, L 64), short conv 4: train 4 pairs, test 4/8/16; widths 32/64/128; "
+              "lr sweep 1e-3/3e-3/1e-2",
         vocab_size=256, alpha=0.01,
         train=[[64, 4, 20000]], val=[[64, 4, 500]],
         test=[[64, 4, 1000], [64, 8, 1000], [64, 16, 1000]],
-        widths=[32, 64, 128], lrs=[3e-3], depth=2, num_heads=1, mlp_ratio=2.0, short_conv=4,
+        widths=[32, 64, 128], lrs=[1e-3, 3e-3, 1e-2], depth=2, num_heads=1, mlp_ratio=2.0, short_conv=4,
         steps=1500, batch_size=64, warmup=100, weight_decay=0.1, grad_clip=1.0, eval_every=100,
         early_stop_acc=0.99, seeds=1, fixed_width=64),
     "paper": dict(

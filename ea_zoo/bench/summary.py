@@ -176,18 +176,25 @@ def build_table(results: Path, link_root: Path, recall_threshold: float = 0.9) -
             seg, what = "test_acc", "test accuracy"
         what = what.replace("test accuracy", "acc")
         widths = sorted({r["width"] for r in best})
-        wmax = widths[-1] if widths else None
-        c1 = _Col(f"MQAR {what} @ width {wmax} (state)", True, md_link("mqar"))
+        # the report's fixed width (every backend is run there first), else the largest finished one
+        width = cfg.get("fixed_width") if cfg.get("fixed_width") in widths else (widths[-1] if widths else None)
+        c1 = _Col(f"MQAR {what} @ width {width} (state)", True, md_link("mqar"))
         c2 = _Col(f"MQAR: smallest state with {what} >= {recall_threshold:g}", False, md_link("mqar"))
+
+        def sweep(r: Dict[str, Any]) -> str:
+            """'' for a finished lr sweep, else '; k/n lrs' (the best of the learning rates run so far)."""
+            done, n = r.get("lrs_done"), r.get("lrs")
+            return f"; {done}/{n} lrs" if done is not None and n is not None and done < n else ""
+
         for r in best:
             add_backend(r["backend"])
-            if r["width"] == wmax:
-                c1.set(r["backend"], r[seg], f"{r[seg]:.3f} ({_bytes(r.get('state_bytes'))})")
+            if r["width"] == width:
+                c1.set(r["backend"], r[seg], f"{r[seg]:.3f} ({_bytes(r.get('state_bytes'))}{sweep(r)})")
         for b in backends:
             ok = [r for r in best if r["backend"] == b and r[seg] >= recall_threshold and _fin(r.get("state_bytes"))]
             if ok:
                 r = min(ok, key=lambda x: x["state_bytes"])
-                c2.set(b, r["state_bytes"], f"{_bytes(r['state_bytes'])} (w{r['width']})")
+                c2.set(b, r["state_bytes"], f"{_bytes(r['state_bytes'])} (w{r['width']}{sweep(r)})")
             elif any(r["backend"] == b for r in best):
                 c2.set(b, None, "not reached")
         cols += [c1, c2]

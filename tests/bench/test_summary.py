@@ -45,3 +45,26 @@ def test_which_backend_mqar_columns_use_the_trained_segment(tmp_path):
     rows = {ln.split(" | ")[0][2:]: ln for ln in md.splitlines() if ln.startswith("| ") and " | " in ln}
     assert "0.990 (64.0 KiB)" in rows["sa"] and "32.0 KiB (w32)" in rows["sa"]
     assert "0.770 (2.0 KiB)" in rows["ea6"] and "not reached" in rows["ea6"]
+
+
+def test_which_backend_mqar_reads_the_fixed_width_and_marks_a_partial_lr_sweep(tmp_path):
+    """A width finished for only some backends does not move the headline column off the report's
+    fixed width, and a cell whose lr sweep is not finished says how many lrs it is the best of."""
+    res = tmp_path / "results"
+    (res / "mqar_cpu").mkdir(parents=True)
+    best = [
+        {"kind": "best", "backend": "sa", "width": 64, "test_acc": 0.8, "test_L64_P4": 0.99, "state_bytes": 2 ** 16,
+         "lrs_done": 3, "lrs": 3},
+        {"kind": "best", "backend": "ea6", "width": 64, "test_acc": 0.3, "test_L64_P4": 0.77, "state_bytes": 2 ** 11,
+         "lrs_done": 1, "lrs": 3},
+        {"kind": "best", "backend": "sa", "width": 128, "test_acc": 0.9, "test_L64_P4": 1.0, "state_bytes": 2 ** 17,
+         "lrs_done": 1, "lrs": 3},
+    ]
+    (res / "mqar_cpu" / "mqar.json").write_text(json.dumps({
+        "config": {"train": [[64, 4, 100]], "test": [[64, 4, 10]], "fixed_width": 64}, "results": best}))
+    assert main(["which-backend", "--results", str(res), "--link-root", str(tmp_path)]) == 0
+    md = (res / "which_backend.md").read_text()
+    assert "MQAR acc at the trained L64 P4 @ width 64 (state)" in md
+    rows = {ln.split(" | ")[0][2:]: ln for ln in md.splitlines() if ln.startswith("| ") and " | " in ln}
+    assert "0.990 (64.0 KiB)" in rows["sa"] and "64.0 KiB (w64)" in rows["sa"]
+    assert "0.770 (2.0 KiB; 1/3 lrs)" in rows["ea6"]
