@@ -123,14 +123,19 @@ def check_backend(spec: str) -> None:
 def parse_backends(text: Optional[str], causal: bool = False) -> List[str]:
     """``--backends``: comma-separated specs (``None``/``all``: :func:`default_backends`).
 
-    Each entry is passed to ``attention=`` unchanged; hybrid specs with commas inside
-    (``ea6+sa@1,3``) are kept whole: a piece that does not parse on its own is joined to the one
-    before it."""
+    Each entry is passed to ``attention=`` unchanged; specs with commas inside are kept whole:
+    a hybrid's layer list (``ea6+sa@1,3``) and a JSON config (``{"name": "aft_local", "window": 16}``).
+    """
     if text is None or text.strip() in ("", "all"):
         return default_backends(causal)
-    pieces = [p.strip() for p in text.split(",") if p.strip()]
+    pieces, depth, start = [], 0, 0
+    for i, ch in enumerate(text + ","):
+        depth += (ch in "{[") - (ch in "}]")
+        if ch == "," and depth <= 0:  # commas inside a JSON config do not split
+            pieces.append(text[start:i].strip())
+            start = i + 1
     out: List[str] = []
-    for p in pieces:
+    for p in filter(None, pieces):
         if out and p[0].isdigit():  # "ea6+sa@1,3": layer list continues
             out[-1] = out[-1] + "," + p
         else:

@@ -221,3 +221,19 @@ def test_max_decode_len_is_the_bias_table():
 def test_future_keys_never_change_past_outputs(name, dtype, scale):
     m = make(name).to(dtype)
     check_future_invariance(lambda q, k, v: m.attend(q, k, v, None, True), H, D // H, dtype, scale)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_aft_local_with_a_window_covering_the_sequence_is_aft_full(causal):
+    """window >= L puts every (i, j) inside the band, so AFT-local is AFT-full with the same
+    biases: the benchmarks' AFT-local rows (window 64, contexts <= 64) equal AFT-full's."""
+    L = 10
+    local = make("aft_local", causal, window=L, max_len=L)
+    full = make("aft_full", causal, max_len=L)
+    missing, unexpected = full.load_state_dict(
+        {k: v for k, v in local.state_dict().items() if k != "pos_bias"}, strict=False)
+    assert missing == ["pos_bias"] and not unexpected
+    with torch.no_grad():
+        full.pos_bias.copy_(local.position_bias(L))
+    x = torch.randn(2, L, D, dtype=torch.float64) * 10
+    torch.testing.assert_close(local(x), full(x))

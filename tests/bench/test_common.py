@@ -23,15 +23,20 @@ def test_parse_backends_passes_specs_through():
         common.parse_backends("sa,sa")
 
 
-def test_hybrid_spec_is_one_more_backend_when_the_registry_has_it():
-    reg = pytest.importorskip("ea_zoo.registry")
-    pa = getattr(reg, "parse_attention", None)
-    try:
-        label = pa("ea6+sa@1").label
-    except Exception:  # noqa: BLE001
-        pytest.skip("the registry does not parse hybrid specs yet")
+def test_hybrid_spec_is_one_more_backend():
     assert common.parse_backends("sa,ea6+sa@1") == ["sa", "ea6+sa@1"]
-    assert common.backend_label("ea6+sa@1") == label
+    assert common.parse_backends("ea6+sa@1,3,la") == ["ea6+sa@1,3", "la"]
+    assert common.backend_label("ea6+sa@1") == ea_zoo.registry.parse_attention("ea6+sa@1").label
+
+
+def test_json_spec_with_options_is_one_backend():
+    """A backend with options (here AFT-local with a window shorter than the context) is one
+    entry although its JSON has commas; it is labelled by the registry."""
+    spec = '{"name": "aft_local", "window": 16}'
+    assert common.parse_backends(f"aft_full,{spec},sa") == ["aft_full", spec, "sa"]
+    assert common.backend_label(spec) == "aft_local_window16"
+    with pytest.raises(ValueError, match="window"):
+        common.parse_backends('{"name": "aft_local", "widow": 16}')
 
 
 def test_seeds_and_schedule():
