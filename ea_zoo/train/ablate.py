@@ -34,6 +34,12 @@ best epoch, steps and wall time per run; the machine), ``results.csv`` (one row 
 protocol x backend x metric, with the seeds, values and run hashes), ``results.json``
 (everything, per run) and ``results.png`` (bars with std, paper markers on paper cells only).
 
+**Extending a committed grid on a fresh clone** (``--restore-from``): the run store is
+git-ignored, so a new machine starts with none. ``--restore-from benchmarks/results/<x>/results.json``
+re-creates every finished run of the plan from that report's per-run records whose config hash
+equals the planned run's (a changed config or code default is a miss and trains), marks them
+``restored_from`` in their ``result.json``, and then trains only what is left.
+
 **Paired verdict** (``--compare ea6:sa``): per cell, protocol and metric, the differences
 a - b over the seeds both ran (sign flipped for errors, so > 0 means a is better), their mean
 and 95% Student-t interval, and a verdict: ahead (interval above 0), tied (contains 0),
@@ -60,7 +66,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["Suite", "SUITES", "PAPER", "PAPER_CELLS", "Cell", "PROTOCOLS", "RunSpec", "resolve_datasets",
+__all__ = ["restore_runs", "Suite", "SUITES", "PAPER", "PAPER_CELLS", "Cell", "PROTOCOLS", "RunSpec", "resolve_datasets",
            "plan_runs", "execute", "collect_runs", "run_grid", "collect", "write_report", "add_arguments", "run",
            "dataset_label", "paper_cell", "protocol_of", "split_specs", "TASK_METRICS"]
 
@@ -481,6 +487,61 @@ def _fmt_done(spec: RunSpec, out: Dict[str, Any]) -> str:
             f"stopped by {out.get('stopped_by')})")
 
 
+def _result_from_record(rec: Dict[str, Any], source: str) -> Dict[str, Any]:
+    """A run record of a report (see :func:`collect_runs`) back in the ``result.json`` layout."""
+    return {"test": rec.get("test") or {},
+            "train": {"eval_best": rec.get("train") or {}, "last_epoch": rec.get("train_last_epoch") or {}},
+            "best_epoch": rec.get("best_epoch"), "best_step": rec.get("best_step"), "epochs_run": rec.get("epochs_run"),
+            "global_steps": rec.get("steps"), "steps_per_epoch": rec.get("steps_per_epoch"),
+            "stopped_by": rec.get("stopped_by"), "best_val": rec.get("best_val"),
+            "wall_seconds": rec.get("wall_seconds"), "fit_seconds": rec.get("fit_seconds"),
+            "params": rec.get("params"), "machine": rec.get("machine"), "restored_from": source}
+
+
+def restore_runs(plan: Sequence[RunSpec], runs_dir: Path, reports: Sequence[Any]) -> Dict[str, int]:
+    """Re-create finished runs of ``plan`` in ``runs_dir`` from ablation reports' ``results.json``.
+
+    A planned run is restored when a report holds a run record with the same config hash
+    (:attr:`RunSpec.hash`, the hash of the fully resolved config), so only identical configs are
+    carried over; a run already in the store is left as it is. Raises ValueError naming the file
+    when a report is missing or is not an ablation report. Returns counts: restored, present
+    (already in the store), records (read from the reports)."""
+    import json
+
+    from ea_zoo.train.runs import RunStore
+
+    records: Dict[str, Tuple[Dict[str, Any], str]] = {}
+    for path in reports:
+        path = Path(path)
+        if path.is_dir():
+            path = path / "results.json"
+        try:
+            report = json.loads(path.read_text())
+        except OSError as e:
+            raise ValueError(f"--restore-from {path}: cannot read it ({e.strerror}); give the results.json "
+                             "of an ablation report (e.g. benchmarks/results/ablation_tables34)") from None
+        except ValueError:
+            raise ValueError(f"--restore-from {path}: not JSON; give the results.json of an ablation report") from None
+        runs = report.get("runs") if isinstance(report, dict) else None
+        if not isinstance(runs, list) or not all(isinstance(r, dict) and "config_hash" in r for r in runs):
+            raise ValueError(f"--restore-from {path}: not an ablation report (no 'runs' list of records with "
+                             "'config_hash'); give the results.json written by ea-zoo ablate")
+        for rec in runs:
+            records.setdefault(str(rec["config_hash"]), (rec, str(path)))
+    store = RunStore(runs_dir)
+    restored = present = 0
+    for spec in plan:
+        hit = records.get(spec.hash)
+        if hit is None:
+            continue
+        if store.load(spec.key) is not None:
+            present += 1
+            continue
+        store.save(spec.key, _result_from_record(*hit), label=spec.run_name)
+        restored += 1
+    return {"restored": restored, "present": present, "records": len(records)}
+
+
 def execute(plan: Sequence[RunSpec], runs_dir: Path, jobs: int = 1, threads: Optional[int] = None,
             dry_run: bool = False) -> Dict[str, List[Any]]:
     """Train every planned run not yet finished in ``runs_dir`` (``jobs`` in parallel processes).
@@ -596,6 +657,8 @@ def collect_runs(plan: Sequence[RunSpec], runs_dir: Path, compare: Optional[Tupl
                "best_val": res.get("best_val"), "wall_seconds": res.get("wall_seconds", res.get("total_seconds")),
                "fit_seconds": res.get("fit_seconds"), "params": res.get("params"), "machine": res.get("machine"),
                "dir": str(store._find(spec.key))}
+        if res.get("restored_from"):
+            rec["restored_from"] = res["restored_from"]
         runs.append(rec)
         per.setdefault((spec.cell, spec.protocol, spec.backend), {})[spec.seed] = rec
 
@@ -821,6 +884,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs-dir", default=None, help="run store (default runs/ablate, git-ignored)")
     parser.add_argument("--out", default=None, help="report folder (default runs/ablate/report[_<suite>])")
     parser.add_argument("--budget", default="", help="a note written into the report")
+    parser.add_argument("--restore-from", action="append", default=[], metavar="RESULTS_JSON",
+                        help="re-create finished runs from a committed report's results.json (or its folder) "
+                             "before training: runs whose config hash matches are not retrained (repeatable)")
     parser.add_argument("--report-only", action="store_true", help="only aggregate finished runs")
     parser.add_argument("--dry-run", action="store_true", help="list the runs that would be trained")
     parser.add_argument("--no-plot", action="store_true")
@@ -875,6 +941,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("runs") / "ablate" / (f"report_{args.suite}" if args.suite and not args.datasets
                                                        else "report"))
     status: Dict[str, List[Any]] = {"failed": [], "missing": [], "errors": []}
+    if args.restore_from:
+        n = restore_runs(plan, runs_dir, args.restore_from)
+        _log(f"restored {n['restored']} finished runs from {', '.join(args.restore_from)} "
+             f"({n['present']} already in {runs_dir}; {n['records']} records read)")
     if not args.report_only:
         _log(f"{len(plan)} runs planned ({len({s.cell for s in plan})} cells); run store {runs_dir}")
         status = execute(plan, runs_dir, jobs=args.jobs, threads=threads, dry_run=args.dry_run)
