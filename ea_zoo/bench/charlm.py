@@ -447,7 +447,8 @@ def write_report(jobs, timing_jobs, store, p, preset, out, env, plot, status=Non
     title = "Character-level LM on Tiny Shakespeare, every causal backend"
     paths = common.write_outputs(out, "charlm", title, env, config, rows, sections,
                                  (lambda path: _plot(rows, contexts, path, f"{title} (preset {preset})")) if plot else None,
-                                 extra={"status": status or {}})
+                                 extra={"status": status or {},
+                                        "runs": common.run_records([*jobs, *timing_jobs], store)})
     print("\n" + common.text_table(headers[:-2], [t[:-2] for t in table]))
     return paths
 

@@ -190,6 +190,9 @@ def add_grid_arguments(p: argparse.ArgumentParser, presets: Mapping[str, Any], d
         p.add_argument("--timing-only", action="store_true",
                        help="measure only the timing columns (one run at a time; use an otherwise idle machine)")
     p.add_argument("--force", action="store_true", help="redo runs that already have a stored result")
+    p.add_argument("--restore-from", action="append", default=[], metavar="REPORT_JSON",
+                   help="re-create finished runs from a committed report (its JSON or folder) before running: "
+                        "runs whose resolved config matches are not rerun (repeatable; tools with per-run rows)")
     p.add_argument("--data-root", default=None, help="data root (default: $EA_ZOO_DATA, else ../shared/data)")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -338,6 +341,91 @@ def run_jobs(jobs: Sequence[Job], fn_path: str, store_root: os.PathLike, n_jobs:
     return status
 
 
+#: fields of a report's per-run row that name the run rather than hold its result
+_ROW_IDENTITY = ("kind", "backend", "spec", "width", "lr", "seed", "status")
+
+
+def _result_from_row(row: Mapping[str, Any], source: str) -> Dict[str, Any]:
+    """A report's per-run row back in the ``result.json`` layout (``test_<segment>`` columns
+    -> ``test_segments``)."""
+    if isinstance(row.get("result"), Mapping):  # a record of :func:`run_records`: the stored result as it was
+        return {**{k: v for k, v in row["result"].items() if k != "config_hash"}, "restored_from": source}
+    res = {k: v for k, v in row.items() if k not in _ROW_IDENTITY and k != "config_hash"}
+    segs = {k[len("test_"):]: res.pop(k) for k in list(res) if k.startswith("test_L")}
+    if segs:
+        res["test_segments"] = segs
+    res["restored_from"] = source
+    return res
+
+
+def restore_runs(jobs: Sequence[Job], store_root: os.PathLike, reports: Sequence[os.PathLike], tool: str,
+                 rebuild: Optional[Callable[[Mapping[str, Any], Mapping[str, Any]], Optional[Dict[str, Any]]]] = None
+                 ) -> Dict[str, int]:
+    """Re-create finished runs of ``jobs`` in the store from committed reports (``<tool>.json``).
+
+    A report row is matched to a planned job by config hash: the row's ``config_hash`` where it
+    has one, else (reports written before rows carried it) the hash of the config that
+    ``rebuild(report, row)`` reconstructs from the report's own ``config`` block and the row's
+    identity (backend spec, width, lr, seed). Only a job whose resolved config is identical is
+    restored; a run already stored is kept. The restored ``result.json`` carries
+    ``restored_from``. Raises ValueError naming the file if it is unreadable or another tool's.
+    Returns counts: restored, present (already stored), rows (finished runs read)."""
+    import json
+
+    from ea_zoo.train.runs import RunStore, config_hash
+
+    by_hash = {config_hash(j.cfg): j for j in jobs}
+    store = RunStore(store_root)
+    restored = present = n_rows = 0
+    for path in reports:
+        path = Path(path)
+        if path.is_dir():
+            path = path / f"{tool}.json"
+        try:
+            report = json.loads(path.read_text())
+        except OSError as e:
+            raise ValueError(f"--restore-from {path}: cannot read it ({e.strerror}); give the {tool}.json of a "
+                             f"committed {tool} report (e.g. benchmarks/results/{tool}_cpu)") from None
+        except ValueError:
+            raise ValueError(f"--restore-from {path}: not JSON; give the {tool}.json of a {tool} report") from None
+        if not isinstance(report, dict) or report.get("tool") != f"ea-zoo {tool}" or not isinstance(report.get("results"), list):
+            got = report.get("tool") if isinstance(report, dict) else None
+            raise ValueError(f"--restore-from {path}: not a {tool} report (tool {got!r}); give the {tool}.json "
+                             f"written by ea-zoo {tool}")
+        for row in [*report["results"], *(report.get("runs") or [])]:
+            if not isinstance(row, dict) or row.get("kind") != "run" or row.get("status") != "ok":
+                continue
+            n_rows += 1
+            h = row.get("config_hash")
+            if h is None and rebuild is not None:
+                cfg = rebuild(report, row)
+                h = config_hash(cfg) if cfg is not None else None
+            job = by_hash.get(h)
+            if job is None:
+                continue
+            if store.load(job.cfg) is not None:
+                present += 1
+                continue
+            store.save(job.cfg, _result_from_row(row, str(path)), job.label)
+            restored += 1
+    return {"restored": restored, "present": present, "rows": n_rows}
+
+
+def run_records(jobs: Sequence[Job], store: Any) -> List[Dict[str, Any]]:
+    """Every stored run of ``jobs`` as ``{"kind": "run", "label", <meta>, "config_hash", "status",
+    "result"}`` (the ``runs`` list of a report's JSON, from which :func:`restore_runs` re-creates
+    the store on a fresh clone)."""
+    from ea_zoo.train.runs import config_hash
+
+    out = []
+    for j in jobs:
+        r = store.load(j.cfg)
+        if r is not None:
+            out.append({"kind": "run", "label": j.label, **j.meta, "spec": j.meta.get("backend"),
+                        "config_hash": config_hash(j.cfg), "status": "ok", "result": r})
+    return out
+
+
 def store_root_of(args: argparse.Namespace) -> Path:
     """The RunStore folder of a bench CLI: ``--runs-dir``, else ``<--out>/runs``."""
     return Path(args.runs_dir) if args.runs_dir else Path(args.out) / "runs"
@@ -345,7 +433,9 @@ def store_root_of(args: argparse.Namespace) -> Path:
 
 def run_grid(args: argparse.Namespace, name: str, jobs: Sequence[Job], report: Callable[..., Sequence[Path]],
              timing_jobs: Sequence[Job] = (), before: Optional[Callable[[], None]] = None,
-             desc: Optional[str] = None) -> int:
+             desc: Optional[str] = None,
+             rebuild: Optional[Callable[[Mapping[str, Any], Mapping[str, Any]], Optional[Dict[str, Any]]]] = None
+             ) -> int:
     """The shared body of the bench CLIs (``mqar``, ``bench-vit``, ``charlm``).
 
     ``--dry-run`` lists the runs and stops; otherwise ``before()`` (a check that fails before
@@ -358,6 +448,10 @@ def run_grid(args: argparse.Namespace, name: str, jobs: Sequence[Job], report: C
     desc = desc or name
     chosen = timing_jobs if timing else jobs
     store_root = store_root_of(args)
+    if getattr(args, "restore_from", None):
+        n = restore_runs([*jobs, *timing_jobs], store_root, args.restore_from, name, rebuild=rebuild)
+        print(f"{desc}: restored {n['restored']} finished runs from {', '.join(map(str, args.restore_from))} "
+              f"({n['present']} already stored; {n['rows']} finished runs read)")
     if args.dry_run:
         print(dry_run_listing(chosen, store_root))
         return 0

@@ -279,6 +279,16 @@ def train_run(cfg: Dict[str, Any], run_dir: Path, progress: bool = False) -> Dic
 
 
 # ----------------------------------------------------------------------------- report
+def legacy_run_config(report: Dict[str, Any], row: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The resolved config of a run row of a report written before rows carried their config
+    hash: rebuilt from the report's preset block and the row's (spec, width, lr, seed, device)."""
+    try:
+        p = {**report["config"], "widths": [int(row["width"])], "lrs": [float(row["lr"])]}
+        return build_jobs(p, [row["spec"]], [int(row["seed"])], row.get("device") or "cpu")[0].cfg
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+
+
 def collect(jobs: Sequence[common.Job], store) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
     """(run rows, best-per-(backend, width) rows); a best row averages seeds of the lr with the
     highest mean validation accuracy."""
@@ -290,7 +300,8 @@ def collect(jobs: Sequence[common.Job], store) -> Tuple[List[Dict[str, Any]], Li
         if r:
             row.update({k: r.get(k) for k in ("val_acc", "test_acc", "test_loss", "final_train_loss", "steps_run",
                                                "best_step", "state_bytes", "state_numel", "params", "wall_s", "cpu_s",
-                                               "train_s", "diverged", "device", "date", "git_commit")})
+                                               "train_s", "diverged", "device", "date", "git_commit",
+                                               "config_hash")})
             row.update({f"test_{k}": v for k, v in (r.get("test_segments") or {}).items()})
         runs.append(row)
     best = []
@@ -463,6 +474,6 @@ def run(args: argparse.Namespace) -> int:
     jobs = build_jobs(p, backends, seeds, args.device)
     store = RunStore(common.store_root_of(args))
     return common.run_grid(
-        args, "mqar", jobs,
+        args, "mqar", jobs, rebuild=legacy_run_config,
         report=lambda env, status: write_report(jobs, store, p, args.preset, out, env, not args.no_plot,
                                                 fixed_width, status))

@@ -350,7 +350,8 @@ def write_report(jobs, timing_jobs, store, p, preset, out, env, plot, status=Non
     title = "ViT on Fashion-MNIST, every backend"
     paths = common.write_outputs(out, "vit_fmnist", title, env, config, rows, sections,
                                  (lambda path: _plot(rows, path, f"{title} (preset {preset})")) if plot else None,
-                                 extra={"status": status or {}})
+                                 extra={"status": status or {},
+                                        "runs": common.run_records([*jobs, *timing_jobs], store)})
     print("\n" + common.text_table(["backend", "test acc", "seeds", "params", "epoch s", "img/s", "peak mem",
                                     "epoch s (grid)", "status"], table))
     return paths

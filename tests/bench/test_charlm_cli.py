@@ -23,6 +23,14 @@ def test_charlm_smoke(tmp_path, fake_corpus_root):
             assert (out / s).is_file() and len((out / s).read_text()) == 41  # prompt + 40 characters
     # recurrent state stays fixed, the KV cache grows
     assert rows["ea6"]["state_bytes_at_64"] < rows["sa"]["state_bytes_at_64"]
+    # a fresh clone restores every run (samples included) from the committed report alone
+    fresh = tmp_path / "fresh"
+    i = base.index("--out")
+    assert main([*base[:i + 1], str(fresh), *base[i + 2:], "--restore-from", str(out / "charlm.json"),
+                 "--report-only"]) == 0
+    again = {r["backend"]: r for r in json.loads((fresh / "charlm.json").read_text())["results"]}
+    assert again == rows
+    assert all((fresh / s).read_text() == (out / s).read_text() for r in rows.values() for s in r["samples"])
 
 
 def test_charlm_refuses_a_corpus_with_the_wrong_checksum(tmp_path, fake_corpus_root):

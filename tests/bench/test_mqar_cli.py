@@ -38,3 +38,38 @@ def testheadline_metric_accuracy_is_the_trained_segment_when_it_is_tested():
 
     assert headline_metric(PRESETS["cpu"]) == ("test_L64_P4", "test accuracy at the trained L64 P4")
     assert headline_metric(PRESETS["smoke"]) == ("test_acc", "test accuracy")
+
+
+def test_restore_from_a_committed_report_needs_no_rerun_and_matches_only_identical_configs(tmp_path, capsys):
+    out = tmp_path / "mqar"
+    base = ["mqar", "--preset", "smoke", "--backends", "sa,ea6", "--quiet", "--no-plot"]
+    assert main(base + ["--out", str(out)]) == 0
+    committed = json.loads((out / "mqar.json").read_text())
+    runs_before = [r for r in committed["results"] if r["kind"] == "run"]
+    assert all(r["config_hash"] for r in runs_before)
+    capsys.readouterr()
+    # a fresh clone: only the report; both runs are restored, none reruns, the report is unchanged
+    fresh = tmp_path / "fresh"
+    assert main(base + ["--out", str(fresh), "--restore-from", str(out / "mqar.json")]) == 0
+    log = capsys.readouterr().out
+    assert "restored 2 finished runs" in log and "to run" not in log
+    again = [r for r in json.loads((fresh / "mqar.json").read_text())["results"] if r["kind"] == "run"]
+    assert [(r["backend"], r["test_acc"], r["config_hash"]) for r in again] == \
+        [(r["backend"], r["test_acc"], r["config_hash"]) for r in runs_before]
+    # a report written before rows carried their hash: matched through its preset block
+    legacy = dict(committed, results=[{k: v for k, v in r.items() if k != "config_hash"} for r in committed["results"]])
+    (tmp_path / "legacy.json").write_text(json.dumps(legacy))
+    assert main(base + ["--out", str(tmp_path / "l"), "--restore-from", str(tmp_path / "legacy.json")]) == 0
+    assert "restored 2 finished runs" in capsys.readouterr().out
+    # another budget is another config: nothing is restored, both train
+    assert main(base + ["--steps", "6", "--out", str(tmp_path / "s"), "--restore-from", str(tmp_path / "legacy.json")]) == 0
+    log = capsys.readouterr().out
+    assert "restored 0 finished runs" in log and "2 to run" in log
+
+
+def test_restore_from_another_tools_report_is_one_line(tmp_path, capsys):
+    (tmp_path / "vit.json").write_text(json.dumps({"tool": "ea-zoo bench-vit", "results": []}))
+    rc = main(["mqar", "--preset", "smoke", "--backends", "sa", "--out", str(tmp_path / "o"), "--dry-run",
+               "--restore-from", str(tmp_path / "vit.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "not a mqar report" in err and "bench-vit" in err and "Traceback" not in err

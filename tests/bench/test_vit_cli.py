@@ -18,3 +18,19 @@ def test_bench_vit_smoke(tmp_path, fake_fmnist_root):
         assert 0.0 <= r["test_acc_mean"] <= 1.0 and r["n_seeds"] == 1
         assert r["epoch_s"] > 0 and r["peak_memory_bytes"] > 0
     assert "| sa |" in (out / "vit_fmnist.md").read_text()
+
+
+def test_bench_vit_restores_training_and_timing_runs_from_its_report(tmp_path, fake_fmnist_root, capsys):
+    base = ["bench-vit", "--preset", "smoke", "--backends", "sa", "--quiet", "--no-plot",
+            "--data-root", str(fake_fmnist_root)]
+    out = tmp_path / "vit"
+    assert main(base + ["--out", str(out)]) == 0 and main(base + ["--out", str(out), "--timing-only"]) == 0
+    before = json.loads((out / "vit_fmnist.json").read_text())
+    assert [r["label"] for r in before["runs"]] == ["sa_s0", "timing_sa"]
+    capsys.readouterr()
+    fresh = tmp_path / "fresh"
+    assert main(base + ["--out", str(fresh), "--restore-from", str(out)]) == 0
+    log = capsys.readouterr().out
+    assert "restored 2 finished runs" in log and "to run" not in log
+    after = json.loads((fresh / "vit_fmnist.json").read_text())
+    assert after["results"] == before["results"]

@@ -138,3 +138,41 @@ def test_paper_cells_get_the_paper_numbers_and_missing_data_is_reported(tmp_path
     assert jap_sa["n"] == "1" and jap_sa["paper"] == "0.97" and jap_sa["status"] == "ok"
     assert [r["status"] for r in rows if r["dataset"] == "SelfRegulationSCP2"] == ["data not present"] * 2
     assert paths["png"].stat().st_size > 1000
+
+
+def test_restore_from_a_committed_report_extends_a_grid_on_a_fresh_store(tmp_path, toy_root, capsys, tiny):
+    common = ["--datasets", "ToyGestures", "--backends", "sa,ea2", "--seeds", "1", "--no-plot",
+              f"data.root={toy_root}", *tiny]
+    first = tmp_path / "first"
+    rc, log, err = _ablate(capsys, *common, "--runs-dir", str(first / "runs"), "--out", str(first / "out"))
+    assert rc == 0 and "ran 2" in log, err
+    committed = first / "out" / "results.json"
+    _, rows_before, js_before = _report(first / "out")
+    # a fresh clone: no run store; the report alone restores both runs, nothing retrains
+    fresh = tmp_path / "fresh"
+    rc, log, err = _ablate(capsys, *common, "--backends", "sa,ea2,la", "--runs-dir", str(fresh / "runs"),
+                           "--out", str(fresh / "out"), "--restore-from", str(committed))
+    assert rc == 0, err
+    assert "restored 2 finished runs" in log and "ran 1, skipped 2" in log  # only the new backend trains
+    _, rows, js = _report(fresh / "out")
+    by = {(r["backend"], r["metric"]): r for r in rows}
+    for r in rows_before:
+        assert by[(r["backend"], r["metric"])]["values"] == r["values"]
+    restored = [r for r in js["runs"] if r.get("restored_from")]
+    assert sorted(r["backend"] for r in restored) == ["ea2", "sa"]
+    assert {r["config_hash"] for r in restored} == {r["config_hash"] for r in js_before["runs"]}
+    # a changed config does not match the committed hashes: it trains instead of being restored
+    rc, log, _ = _ablate(capsys, *common, "trainer.max_steps=6", "--runs-dir", str(tmp_path / "other"),
+                         "--out", str(tmp_path / "other_out"), "--restore-from", str(committed))
+    assert rc == 0 and "restored 0 finished runs" in log and "ran 2" in log
+
+
+def test_restore_from_a_bad_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "notes.json").write_text('{"title": "not a report"}')
+    (tmp_path / "broken.json").write_text("{")
+    for path, part in ((tmp_path / "nosuch.json", "cannot read"), (tmp_path / "notes.json", "not an ablation report"),
+                       (tmp_path / "broken.json", "not JSON")):
+        rc, out, err = _ablate(capsys, "--datasets", "JAP", "--backends", "sa", "--runs-dir", str(tmp_path / "r"),
+                               "--restore-from", str(path), "--dry-run")
+        assert rc == 2 and str(path) in err and part in err, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
