@@ -345,16 +345,15 @@ def run_jobs(jobs: Sequence[Job], fn_path: str, store_root: os.PathLike, n_jobs:
 _ROW_IDENTITY = ("kind", "backend", "spec", "width", "lr", "seed", "status")
 
 
-def _result_from_row(row: Mapping[str, Any], source: str) -> Dict[str, Any]:
+def _result_from_row(row: Mapping[str, Any]) -> Dict[str, Any]:
     """A report's per-run row back in the ``result.json`` layout (``test_<segment>`` columns
     -> ``test_segments``)."""
     if isinstance(row.get("result"), Mapping):  # a record of :func:`run_records`: the stored result as it was
-        return {**{k: v for k, v in row["result"].items() if k != "config_hash"}, "restored_from": source}
-    res = {k: v for k, v in row.items() if k not in _ROW_IDENTITY and k != "config_hash"}
+        return dict(row["result"])
+    res = {k: v for k, v in row.items() if k not in _ROW_IDENTITY}
     segs = {k[len("test_"):]: res.pop(k) for k in list(res) if k.startswith("test_L")}
     if segs:
         res["test_segments"] = segs
-    res["restored_from"] = source
     return res
 
 
@@ -370,9 +369,7 @@ def restore_runs(jobs: Sequence[Job], store_root: os.PathLike, reports: Sequence
     restored; a run already stored is kept. The restored ``result.json`` carries
     ``restored_from``. Raises ValueError naming the file if it is unreadable or another tool's.
     Returns counts: restored, present (already stored), rows (finished runs read)."""
-    import json
-
-    from ea_zoo.train.runs import RunStore, config_hash
+    from ea_zoo.train.runs import RunStore, config_hash, read_report
 
     by_hash = {config_hash(j.cfg): j for j in jobs}
     store = RunStore(store_root)
@@ -381,17 +378,10 @@ def restore_runs(jobs: Sequence[Job], store_root: os.PathLike, reports: Sequence
         path = Path(path)
         if path.is_dir():
             path = path / f"{tool}.json"
-        try:
-            report = json.loads(path.read_text())
-        except OSError as e:
-            raise ValueError(f"--restore-from {path}: cannot read it ({e.strerror}); give the {tool}.json of a "
-                             f"committed {tool} report (e.g. benchmarks/results/{tool}_cpu)") from None
-        except ValueError:
-            raise ValueError(f"--restore-from {path}: not JSON; give the {tool}.json of a {tool} report") from None
-        if not isinstance(report, dict) or report.get("tool") != f"ea-zoo {tool}" or not isinstance(report.get("results"), list):
-            got = report.get("tool") if isinstance(report, dict) else None
-            raise ValueError(f"--restore-from {path}: not a {tool} report (tool {got!r}); give the {tool}.json "
-                             f"written by ea-zoo {tool}")
+        report = read_report(path, f"the {tool}.json of a committed {tool} report (e.g. benchmarks/results/{tool}_cpu)")
+        if report.get("tool") != f"ea-zoo {tool}" or not isinstance(report.get("results"), list):
+            raise ValueError(f"--restore-from {path}: not a {tool} report (tool {report.get('tool')!r}); give the "
+                             f"{tool}.json written by ea-zoo {tool}")
         for row in [*report["results"], *(report.get("runs") or [])]:
             if not isinstance(row, dict) or row.get("kind") != "run" or row.get("status") != "ok":
                 continue
@@ -403,11 +393,10 @@ def restore_runs(jobs: Sequence[Job], store_root: os.PathLike, reports: Sequence
             job = by_hash.get(h)
             if job is None:
                 continue
-            if store.load(job.cfg) is not None:
+            if store.restore(job.cfg, _result_from_row(row), str(path), job.label):
+                restored += 1
+            else:
                 present += 1
-                continue
-            store.save(job.cfg, _result_from_row(row, str(path)), job.label)
-            restored += 1
     return {"restored": restored, "present": present, "rows": n_rows}
 
 

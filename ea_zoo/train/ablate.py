@@ -487,7 +487,7 @@ def _fmt_done(spec: RunSpec, out: Dict[str, Any]) -> str:
             f"stopped by {out.get('stopped_by')})")
 
 
-def _result_from_record(rec: Dict[str, Any], source: str) -> Dict[str, Any]:
+def _result_from_record(rec: Dict[str, Any]) -> Dict[str, Any]:
     """A run record of a report (see :func:`collect_runs`) back in the ``result.json`` layout."""
     return {"test": rec.get("test") or {},
             "train": {"eval_best": rec.get("train") or {}, "last_epoch": rec.get("train_last_epoch") or {}},
@@ -495,7 +495,7 @@ def _result_from_record(rec: Dict[str, Any], source: str) -> Dict[str, Any]:
             "global_steps": rec.get("steps"), "steps_per_epoch": rec.get("steps_per_epoch"),
             "stopped_by": rec.get("stopped_by"), "best_val": rec.get("best_val"),
             "wall_seconds": rec.get("wall_seconds"), "fit_seconds": rec.get("fit_seconds"),
-            "params": rec.get("params"), "machine": rec.get("machine"), "restored_from": source}
+            "params": rec.get("params"), "machine": rec.get("machine")}
 
 
 def restore_runs(plan: Sequence[RunSpec], runs_dir: Path, reports: Sequence[Any]) -> Dict[str, int]:
@@ -506,23 +506,15 @@ def restore_runs(plan: Sequence[RunSpec], runs_dir: Path, reports: Sequence[Any]
     carried over; a run already in the store is left as it is. Raises ValueError naming the file
     when a report is missing or is not an ablation report. Returns counts: restored, present
     (already in the store), records (read from the reports)."""
-    import json
+    from ea_zoo.train.runs import RunStore, read_report
 
-    from ea_zoo.train.runs import RunStore
-
+    what = "the results.json of an ablation report (e.g. benchmarks/results/ablation_tables34)"
     records: Dict[str, Tuple[Dict[str, Any], str]] = {}
     for path in reports:
         path = Path(path)
         if path.is_dir():
             path = path / "results.json"
-        try:
-            report = json.loads(path.read_text())
-        except OSError as e:
-            raise ValueError(f"--restore-from {path}: cannot read it ({e.strerror}); give the results.json "
-                             "of an ablation report (e.g. benchmarks/results/ablation_tables34)") from None
-        except ValueError:
-            raise ValueError(f"--restore-from {path}: not JSON; give the results.json of an ablation report") from None
-        runs = report.get("runs") if isinstance(report, dict) else None
+        runs = read_report(path, what).get("runs")
         if not isinstance(runs, list) or not all(isinstance(r, dict) and "config_hash" in r for r in runs):
             raise ValueError(f"--restore-from {path}: not an ablation report (no 'runs' list of records with "
                              "'config_hash'); give the results.json written by ea-zoo ablate")
@@ -534,11 +526,10 @@ def restore_runs(plan: Sequence[RunSpec], runs_dir: Path, reports: Sequence[Any]
         hit = records.get(spec.hash)
         if hit is None:
             continue
-        if store.load(spec.key) is not None:
+        if store.restore(spec.key, _result_from_record(hit[0]), hit[1], label=spec.run_name):
+            restored += 1
+        else:
             present += 1
-            continue
-        store.save(spec.key, _result_from_record(*hit), label=spec.run_name)
-        restored += 1
     return {"restored": restored, "present": present, "records": len(records)}
 
 

@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping, Optional, Union
 
-__all__ = ["canonical_json", "config_hash", "RunStore"]
+__all__ = ["canonical_json", "config_hash", "RunStore", "read_report"]
 
 #: hex digits of the config hash in run folder names
 HASH_LEN = 12
@@ -135,6 +135,15 @@ class RunStore:
         _atomic_write(d / "result.json", json.dumps(out, indent=2, sort_keys=True) + "\n")
         return d
 
+    def restore(self, cfg: Any, result: Mapping[str, Any], source: str, label: str = "") -> bool:
+        """Save ``result`` (a finished run read back from a committed report ``source``) for
+        ``cfg`` unless the store already has it; the saved result carries ``restored_from``.
+        Returns whether it was written."""
+        if self.load(cfg) is not None:
+            return False
+        self.save(cfg, {**{k: v for k, v in result.items() if k != "config_hash"}, "restored_from": source}, label)
+        return True
+
     def results(self) -> Iterator[Dict[str, Any]]:
         """Every finished run under ``root``: ``{"config": ..., "result": ..., "dir": ...}``."""
         if not self.root.is_dir():
@@ -143,3 +152,18 @@ class RunStore:
             if (d / "result.json").is_file() and (d / "config.json").is_file():
                 yield {"config": json.loads((d / "config.json").read_text()),
                        "result": json.loads((d / "result.json").read_text()), "dir": d}
+
+
+def read_report(path: Union[str, Path], what: str) -> Dict[str, Any]:
+    """The JSON object of a committed report (``--restore-from``); ValueError naming the file and
+    ``what`` was expected when it cannot be read or is not a JSON object."""
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text())
+    except OSError as e:
+        raise ValueError(f"--restore-from {path}: cannot read it ({e.strerror}); give {what}") from None
+    except ValueError:
+        raise ValueError(f"--restore-from {path}: not JSON; give {what}") from None
+    if not isinstance(report, dict):
+        raise ValueError(f"--restore-from {path}: not a JSON object; give {what}")
+    return report
