@@ -8,7 +8,9 @@ backward of ``out.sum()``) in float32 at B = 1, D = 256:
   CPU kernel, O(L D) memory), causal or not;
 * ``ea6`` / ``ea2``: ``ea_zoo.functional.ea_series(..., impl="reference")`` on the same
   (1, 4, L, 64) tensors (every channel is independent, so heads only group channels);
-* ``ea``: full EA, ``ea_zoo.functional.ea(..., impl="reference")`` (O(L^2 D)).
+* ``ea``: full EA, ``ea_zoo.functional.ea(..., impl="reference")`` (O(L^2 D));
+* ``ea_compiled``: the same full EA with ``impl="compiled"`` (its blocks through
+  torch.compile; the compile happens in the warm-up call and is not timed).
 
 It reports the best of ``--repeat`` timed calls after a warm-up, the ratio SDPA time / EA
 time measured in the same run, and the issue's targets beside them (causal >= 1.5x at
@@ -18,6 +20,8 @@ machine. Writes JSON, CSV and markdown into ``benchmarks/results/ea_series_speed
     python benchmarks/ea_series_speed.py [--lengths 1024,4096,16384] [--threads 1] [--repeat 3]
     python benchmarks/ea_series_speed.py --lengths 6,12,64 --batch 32 --heads 4 --head-dim 16 \
         --out benchmarks/results/ea_series_speed_cpu_short      # the forecasting models' shapes
+    python benchmarks/ea_series_speed.py --backends ea,ea_compiled,ea6 --lengths 315,896 --batch 16 \
+        --heads 4 --head-dim 16 --out benchmarks/results/ea_compiled_cpu   # UWG / SCP1 models' shapes
 """
 from __future__ import annotations
 
@@ -45,8 +49,8 @@ def _step(kind: str, causal: bool, L: int, seed: int = 0, batch: int = 1, heads:
     def run():
         if kind == "sdpa":
             out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-        elif kind == "ea":
-            out = ea(q, k, v, causal=causal, impl="reference")
+        elif kind in ("ea", "ea_compiled"):
+            out = ea(q, k, v, causal=causal, impl="reference" if kind == "ea" else "compiled")
         else:
             out = ea_series(q, k, v, order=int(kind[2:]), causal=causal, impl="reference")
         out.sum().backward()
@@ -87,7 +91,8 @@ def measure(lengths: List[int], kinds: List[str], repeat: int, batch: int = 1, h
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lengths", default="1024,2048,4096,8192,16384")
-    p.add_argument("--backends", default="ea6,ea2", help="EA-series orders to time beside sdpa (eaT), or ea (full EA, eq. 2)")
+    p.add_argument("--backends", default="ea6,ea2", help="EA-series orders to time beside sdpa (eaT), ea (full EA, eq. 2) or "
+                   "ea_compiled (full EA with impl='compiled')")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0 = torch's default)")
     p.add_argument("--repeat", type=int, default=7, help="timed calls per backend (half of it above L = 4096)")
     p.add_argument("--batch", type=int, default=1, help="batch size B (default 1)")

@@ -17,6 +17,11 @@ O(L D + block L D) and no forward is run twice. With g = dLoss/dy:
 
 It is numerically stable as flash attention is: the per-(query, channel) maximum of o_ijc
 over the valid keys is subtracted before exp, so the largest weight is exactly 1.
+
+Two executions of the same block math (:func:`_block_forward`, :func:`_block_backward`):
+eager PyTorch (``impl="reference"``: a dozen passes over each (block, L, D) tensor), and
+``impl="compiled"``, the same two functions through ``torch.compile`` (inductor fuses each into
+one or two loops; on CPU that removes most of the memory traffic the eager passes cost).
 """
 from __future__ import annotations
 
@@ -55,22 +60,53 @@ def _similarity(q, k, invalid):
     return diff, o
 
 
+def _block_forward(q, k, v, km, q_start: int, causal: bool):
+    """One query block, eq. 2: q (..., Lq, D), k, v (..., Lk, D) -> y (..., Lq, D), with the
+    per-(query, channel) max m (..., Lq, 1, D) and denominator den (..., Lq, D) the backward needs."""
+    invalid = _invalid_keys(q.shape[-2], k.shape[-2], q_start, causal, km, q.device)
+    _, w = _similarity(q, k, invalid)
+    m = w.detach().amax(dim=-2, keepdim=True)  # a constant shift (also when traced as plain ops)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    w.sub_(m).exp_()  # masked entries -> 0; max entry -> 1
+    den = w.sum(-2)
+    num = (w * v.unsqueeze(-3)).sum(-2)
+    return safe_ratio(num, den), m, den
+
+
+def _block_backward(q, k, v, y, m, den, km, q_start: int, causal: bool, g):
+    """dLoss/d(q, k, v) of one query block from g = dLoss/dy (module docstring), recomputing p."""
+    invalid = _invalid_keys(q.shape[-2], k.shape[-2], q_start, causal, km, q.device)
+    diff, p = _similarity(q, k, invalid)
+    ok = den > 0
+    inv_den = torch.where(ok, 1.0 / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(den))
+    p.sub_(m).exp_().mul_(inv_den.unsqueeze(-2))  # p_ijc; 0 for a query that sees no key
+    gi = g.unsqueeze(-2)
+    dv = (p * gi).sum(-3)
+    s = v.unsqueeze(-3) - y.unsqueeze(-2)
+    s.mul_(p).mul_(gi).mul_(diff)  # dLoss/do_ij * (q_i - k_j)
+    return s.sum(-2).mul_(-2.0), s.sum(-3).mul_(2.0), dv
+
+
+#: torch.compile'd (_block_forward, _block_backward), built on first use of impl="compiled"
+_COMPILED = None
+
+
+def _compiled_block_fns():
+    """The block forward and backward fused by torch.compile (inductor: C++ loops on CPU)."""
+    global _COMPILED
+    if _COMPILED is None:
+        _COMPILED = (torch.compile(_block_forward), torch.compile(_block_backward))
+    return _COMPILED
+
+
 class _EABlock(torch.autograd.Function):
-    """One query block: q (..., Lq, D), k, v (..., Lk, D) -> y (..., Lq, D) (with the row max m
-    and denominator den, (..., 1, D) / (..., Lq, D), for the backward)."""
+    """One query block with the hand-written backward: the eager PyTorch execution."""
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(q, k, v, km, q_start: int, causal: bool):
-        invalid = _invalid_keys(q.shape[-2], k.shape[-2], q_start, causal, km, q.device)
-        _, w = _similarity(q, k, invalid)
-        m = w.detach().amax(dim=-2, keepdim=True)  # a constant shift (also when traced as plain ops)
-        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-        w.sub_(m).exp_()  # masked entries -> 0; max entry -> 1
-        den = w.sum(-2)
-        num = (w * v.unsqueeze(-3)).sum(-2)
-        return safe_ratio(num, den), m, den
+        return _block_forward(q, k, v, km, q_start, causal)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -84,17 +120,23 @@ class _EABlock(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g, _grad_m, _grad_den):
         q, k, v, y, m, den, km = ctx.saved_tensors
-        invalid = _invalid_keys(q.shape[-2], k.shape[-2], ctx.q_start, ctx.causal,
-                                km if ctx.has_mask else None, q.device)
-        diff, p = _similarity(q, k, invalid)
-        ok = den > 0
-        inv_den = torch.where(ok, 1.0 / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(den))
-        p.sub_(m).exp_().mul_(inv_den.unsqueeze(-2))  # p_ijc; 0 for a query that sees no key
-        gi = g.unsqueeze(-2)
-        dv = (p * gi).sum(-3)
-        s = v.unsqueeze(-3) - y.unsqueeze(-2)
-        s.mul_(p).mul_(gi).mul_(diff)  # dLoss/do_ij * (q_i - k_j)
-        return s.sum(-2).mul_(-2.0), s.sum(-3).mul_(2.0), dv, None, None, None
+        grads = _block_backward(q, k, v, y, m, den, km if ctx.has_mask else None, ctx.q_start, ctx.causal, g)
+        return (*grads, None, None, None)
+
+
+class _EABlockCompiled(_EABlock):
+    """The same block, its forward and backward run through :func:`_compiled_block_fns`."""
+
+    @staticmethod
+    def forward(q, k, v, km, q_start: int, causal: bool):
+        return _compiled_block_fns()[0](q, k, v, km, q_start, causal)
+
+    @staticmethod
+    def backward(ctx, g, _grad_m, _grad_den):
+        q, k, v, y, m, den, km = ctx.saved_tensors
+        grads = _compiled_block_fns()[1](q, k, v, y, m, den, km if ctx.has_mask else None,
+                                         ctx.q_start, ctx.causal, g.contiguous())
+        return (*grads, None, None, None)
 
 
 def ea(
@@ -115,8 +157,12 @@ def ea(
         max_block_elements: bound on the elements of one (block, Lk, D) similarity block
             (reference path only; the kernel's tiles are fixed-size).
         impl: "auto" (the flash-style Triton kernel, :mod:`ea_zoo.kernels.ea_flash`, for
-            CUDA tensors when triton imports, else the PyTorch reference), "reference", or
-            "triton" (forced; CPU tensors only under ``TRITON_INTERPRET=1``, else an error).
+            CUDA tensors when triton imports; on CPU the process default of
+            :func:`ea_zoo.kernels.set_cpu_impl`, "reference" unless changed), "reference",
+            "compiled" (the reference's blocks with their forward and backward fused by
+            ``torch.compile``: the same math, several times faster on CPU, the first call of
+            each shape compiles for seconds), or "triton" (forced; CPU tensors only under
+            ``TRITON_INTERPRET=1``, else an error).
 
     Returns:
         (..., Lq, D) in v's dtype. Accumulates in float32 (float64 for float64 inputs).
@@ -130,11 +176,12 @@ def ea(
     unsupported = None
     if impl != "reference" and not (q.shape[-1] == k.shape[-1] == v.shape[-1]):
         unsupported = f"q, k, v must have the same D (last dim), got {q.shape[-1]}, {k.shape[-1]}, {v.shape[-1]}"
-    if select_impl(impl, "ea", (q, k, v), unsupported) == "triton":
+    chosen = select_impl(impl, "ea", (q, k, v), unsupported)
+    if chosen == "triton":
         from ea_zoo.kernels.ea_flash import ea_flash_triton
 
         return ea_flash_triton(q, k, v, causal=causal, key_padding_mask=key_padding_mask)
-    return _reference(q, k, v, causal, key_padding_mask, max_block_elements)
+    return _reference(q, k, v, causal, key_padding_mask, max_block_elements, compiled=chosen == "compiled")
 
 
 def _reference(
@@ -144,8 +191,10 @@ def _reference(
     causal: bool = False,
     key_padding_mask: Optional[torch.Tensor] = None,
     max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
+    compiled: bool = False,
 ) -> torch.Tensor:
-    """The PyTorch reference of :func:`ea` (query blocks, each with its own backward), same arguments less ``impl``."""
+    """The PyTorch reference of :func:`ea` (query blocks, each with its own backward), same arguments less
+    ``impl``; ``compiled`` runs each block through :func:`_compiled_block_fns` (not under torch.jit.trace)."""
     check_qkv(q, k, v, "ea")
     if causal and q.shape[-2] != k.shape[-2]:
         raise ValueError(f"ea: causal needs as many queries as keys, got {q.shape[-2]} and {k.shape[-2]}")
@@ -163,7 +212,12 @@ def _reference(
     # the hand-written backward when a gradient is wanted; plain ops otherwise, and under
     # torch.jit.trace (fvcore's FLOP counting sees the ops, not one opaque PythonOp)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    block_fn = _EABlock.apply if needs_grad and not torch.jit.is_tracing() else _EABlock.forward
+    if torch.jit.is_tracing():
+        block_fn = _block_forward
+    elif compiled:
+        block_fn = _EABlockCompiled.apply if needs_grad else _compiled_block_fns()[0]
+    else:
+        block_fn = _EABlock.apply if needs_grad else _block_forward
     outs = [block_fn(q[..., start : start + block, :], k, v, km, start, causal)[0]
             for start in range(0, Lq, block)]
     y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)

@@ -24,17 +24,41 @@ from typing import Optional, Sequence
 import torch
 
 __all__ = [
+    "CPU_IMPLS",
+    "COMPILED_OPS",
     "IMPLS",
     "KERNEL_DTYPES",
     "MAX_ORDER",
+    "cpu_impl",
     "interpret_mode",
     "select_impl",
+    "set_cpu_impl",
     "triton_available",
     "triton_import_error",
 ]
 
 #: accepted values of the ``impl`` argument of the dispatching functional ops
-IMPLS = ("auto", "reference", "triton")
+IMPLS = ("auto", "reference", "compiled", "triton")
+#: ops with an ``impl="compiled"`` path (their PyTorch blocks fused by torch.compile)
+COMPILED_OPS = ("ea",)
+#: what ``impl="auto"`` runs on CPU tensors (:func:`set_cpu_impl`)
+CPU_IMPLS = ("reference", "compiled")
+_CPU_IMPL = "reference"
+
+
+def set_cpu_impl(name: str) -> None:
+    """Process-wide choice of what ``impl="auto"`` runs on CPU for the ops in :data:`COMPILED_OPS`:
+    "reference" (eager PyTorch, the default) or "compiled" (torch.compile-fused blocks; same
+    math, faster after a compile of seconds per shape). Other ops keep their reference."""
+    global _CPU_IMPL
+    if name not in CPU_IMPLS:
+        raise ValueError(f"cpu_impl must be one of {CPU_IMPLS}, got {name!r}")
+    _CPU_IMPL = name
+
+
+def cpu_impl() -> str:
+    """The current :func:`set_cpu_impl` choice."""
+    return _CPU_IMPL
 #: input dtypes the kernels take (they accumulate in float32)
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 #: highest Taylor degree the EA-series kernels unroll
@@ -75,11 +99,14 @@ def select_impl(
     tensors: Sequence[torch.Tensor],
     unsupported: Optional[str] = None,
 ) -> str:
-    """Resolve ``impl`` ('auto' | 'reference' | 'triton') to 'reference' or 'triton'.
+    """Resolve ``impl`` ('auto' | 'reference' | 'compiled' | 'triton') to the one that runs.
 
     'auto' picks the kernel when every tensor is on a CUDA device, triton imports, the dtypes
     are kernel dtypes and ``unsupported`` (a reason the op's arguments rule the kernel out,
-    or None) is None; otherwise the reference. 'triton' forces the kernel and raises a clear
+    or None) is None; otherwise :func:`cpu_impl` for CPU tensors of an op in
+    :data:`COMPILED_OPS` (not under torch.jit.trace), else the reference. 'compiled' is the
+    op's torch.compile-fused reference (ops in :data:`COMPILED_OPS` only, any device).
+    'triton' forces the kernel and raises a clear
     error, before any launch, when it cannot run: CPU tensors without ``TRITON_INTERPRET=1``,
     mixed devices, an unsupported dtype, no triton, or ``unsupported``.
     """
@@ -87,6 +114,11 @@ def select_impl(
         raise ValueError(f"{op}: impl must be one of {IMPLS}, got {impl!r}")
     if impl == "reference":
         return "reference"
+    if impl == "compiled":
+        if op not in COMPILED_OPS:
+            raise ValueError(f"{op}: impl='compiled' exists for {', '.join(COMPILED_OPS)} only; "
+                             f"valid impl values for {op}: 'auto', 'reference', 'triton'")
+        return "compiled"
     devices = {t.device for t in tensors}
     dtypes_ok = all(t.dtype in KERNEL_DTYPES for t in tensors)
     if impl == "auto":
@@ -98,6 +130,9 @@ def select_impl(
             and triton_available()
         ):
             return "triton"
+        on_cpu = all(d.type == "cpu" for d in devices)
+        if on_cpu and op in COMPILED_OPS and _CPU_IMPL == "compiled" and not torch.jit.is_tracing():
+            return "compiled"
         return "reference"
     # impl == "triton": explain exactly why not, if not
     err = triton_import_error()

@@ -706,6 +706,8 @@ def collect_runs(plan: Sequence[RunSpec], runs_dir: Path, compare: Optional[Tupl
     for r in runs:
         m = r.get("machine") or {}
         sig = {k: m.get(k) for k in ("platform", "cpu", "cpu_count", "torch", "torch_threads")}
+        if m.get("cpu_impl", "reference") != "reference":  # runs before the key existed ran the reference
+            sig["cpu_impl"] = m["cpu_impl"]
         if sig not in machines:
             machines.append(sig)
     return {"cells": list(cells.values()), "backends": backends, "protocols": protocols, "rows": rows,

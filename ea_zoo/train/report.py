@@ -86,7 +86,8 @@ def _machine_lines(stats: Dict[str, Any]) -> List[str]:
     out = []
     for m in stats.get("machines") or []:
         out.append(f"{m.get('cpu')} ({m.get('cpu_count')} CPUs), {m.get('platform')}, torch {m.get('torch')}, "
-                   f"{m.get('torch_threads')} torch thread(s) per run")
+                   f"{m.get('torch_threads')} torch thread(s) per run"
+                   + (f", full EA on CPU: {m['cpu_impl']}" if m.get("cpu_impl") else ""))
     return out
 
 

@@ -14,7 +14,9 @@ valid keys), and anything left out takes the schema's default:
   (``[data/jap]`` -> ``configs/data/jap.yaml``); the experiment's own keys win.
 * ``name``, ``task`` (``classification`` | ``forecasting`` | ``image``), ``seed``, ``threads``
   (torch intra-op threads: ``auto`` (default) = a share of the CPUs that does not
-  oversubscribe, :func:`resolve_threads`; an int; or null for torch's own default), ``label``
+  oversubscribe, :func:`resolve_threads`; an int; or null for torch's own default), ``cpu_impl``
+  (``reference`` (default) | ``compiled``: how full EA runs on CPU, :func:`ea_zoo.kernels.set_cpu_impl`;
+  the same math, so like ``threads`` it is not part of the run's hash), ``label``
   (the run's display name; default: the attention backend).
 * ``data``: the DataModule (:mod:`ea_zoo.train.datamodules`; ``kind`` = uea | forecast | image;
   ``dataset`` = any UEA archive name / an ETT name or csv path; ``num_workers`` data-loader
@@ -69,7 +71,7 @@ __all__ = ["DEFAULTS", "load_experiment", "train", "add_arguments", "run", "stat
            "NOT_HASHED", "ConfigError"]
 
 #: keys that do not change what a run computes: left out of its hash (:func:`run_key`)
-NOT_HASHED = ("output_dir", "threads", "label", "name", "debug", "trainer.enable_progress_bar",
+NOT_HASHED = ("output_dir", "threads", "cpu_impl", "label", "name", "debug", "trainer.enable_progress_bar",
               "trainer.log_every_n_steps", "data.num_workers", "data.eval_batch_size")
 
 DEFAULTS: Dict[str, Any] = {
@@ -77,6 +79,7 @@ DEFAULTS: Dict[str, Any] = {
     "task": "classification",
     "seed": 0,
     "threads": "auto",
+    "cpu_impl": "reference",
     "output_dir": None,
     "label": None,
     "data": {},
@@ -276,8 +279,11 @@ def _cpu_model() -> str:
 
 
 def machine_info() -> Dict[str, Any]:
-    """Where a run ran: platform, CPU model and count, torch/lightning/python versions, threads, commit."""
+    """Where a run ran: platform, CPU model and count, torch/lightning/python versions, threads,
+    the CPU execution of full EA (``cpu_impl``), commit."""
     import torch
+
+    from ea_zoo.kernels import cpu_impl
 
     try:
         import lightning
@@ -292,7 +298,7 @@ def machine_info() -> Dict[str, Any]:
     return {
         "platform": platform.platform(), "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "cpus_usable": usable,
         "torch": torch.__version__, "lightning": lv, "python": platform.python_version(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "cpu_impl": cpu_impl(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "commit": git_commit(),
     }
@@ -482,6 +488,9 @@ def train(cfg: DictConfig, store: Optional[RunStore] = None) -> Dict[str, Any]:
     threads = resolve_threads(cfg.get("threads", "auto"))
     if threads:
         torch.set_num_threads(threads)
+    from ea_zoo.kernels import set_cpu_impl
+
+    set_cpu_impl(cfg.get("cpu_impl", "reference"))
     key = run_key(cfg)
     explicit = bool(cfg.output_dir)
     if not explicit:

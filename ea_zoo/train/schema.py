@@ -203,7 +203,7 @@ SECTIONS: Dict[str, type] = {
 }
 
 #: top-level keys (``data``, ``model``, ``attention`` and SECTIONS are mappings/specs)
-TOP_LEVEL = ("name", "task", "seed", "threads", "output_dir", "label", "data", "model", "attention", *SECTIONS)
+TOP_LEVEL = ("name", "task", "seed", "threads", "cpu_impl", "output_dir", "label", "data", "model", "attention", *SECTIONS)
 
 
 def section_defaults(cls: type) -> Dict[str, Any]:
@@ -289,6 +289,12 @@ def validate_experiment(cfg: Mapping[str, Any]) -> Dict[str, Any]:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed={seed!r} must be an int")
     out["threads"] = _validate_threads(cfg.get("threads", "auto"))
+    from ea_zoo.kernels import CPU_IMPLS
+
+    cpu_impl = cfg.get("cpu_impl", "reference")
+    if cpu_impl not in CPU_IMPLS:
+        raise ConfigError(f"cpu_impl={cpu_impl!r} is not valid; valid values: {', '.join(map(repr, CPU_IMPLS))}")
+    out["cpu_impl"] = cpu_impl
     for key in ("output_dir", "label"):
         v = cfg.get(key)
         if v is not None and not isinstance(v, (str, int)):

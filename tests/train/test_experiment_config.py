@@ -32,6 +32,7 @@ def test_unknown_keys_are_rejected_with_the_path_and_the_valid_keys(override, ke
     ("optim.scheduler=linear", "'cosine', 'none'"),
     ("task=regression", "'classification'"),
     ("threads=zero", "threads"),
+    ("cpu_impl=fast", "cpu_impl='fast' is not valid; valid values: 'reference', 'compiled'"),
 ])
 def test_wrong_types_and_values_are_rejected(override, part):
     with pytest.raises(ValueError) as e:
@@ -75,9 +76,10 @@ def test_run_key_hashes_what_changes_results_only():
     b = load_experiment("table3_jap", ["trainer.max_steps=200"])
     assert config_hash(run_key(a)) != config_hash(run_key(b))
     c = load_experiment("table3_jap", ["trainer.max_steps=100", "threads=1", "output_dir=/tmp/x",
-                                       "trainer.enable_progress_bar=false", "label=other"])
+                                       "trainer.enable_progress_bar=false", "label=other", "cpu_impl=compiled"])
     assert config_hash(run_key(a)) == config_hash(run_key(c))
-    assert "attention" in run_key(a) and "threads" not in run_key(a)
+    assert "attention" in run_key(a) and "threads" not in run_key(a) and "cpu_impl" not in run_key(a)
+    assert c.cpu_impl == "compiled" and a.cpu_impl == "reference"
 
 
 def test_threads_default_does_not_oversubscribe(monkeypatch):
