@@ -883,7 +883,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report-only", action="store_true", help="only aggregate finished runs")
     parser.add_argument("--dry-run", action="store_true", help="list the runs that would be trained")
     parser.add_argument("--no-plot", action="store_true")
-    parser.add_argument("overrides", nargs="*", help="dotlist overrides applied to every run")
+    parser.add_argument("overrides", nargs="*", help="dotlist overrides applied to every run (e.g. "
+                        "trainer.max_steps=2000; cpu_impl=compiled runs full EA's torch.compile-fused CPU path, "
+                        "not part of the run hash)")
 
 
 def run(args: argparse.Namespace) -> int:

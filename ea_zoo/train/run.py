@@ -609,7 +609,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "uea (any UEA archive: data.dataset=<name>), ett (any ETT-style csv: "
                              "data.dataset=<name or path>, data.pred_len=<L'>), ...)")
     parser.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. attention=ea2 seed=1 trainer.max_steps=500 "
-                        "attention.order=4 model.depth=3")
+                        "attention.order=4 model.depth=3 cpu_impl=compiled (full EA's torch.compile-fused CPU path; not hashed)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved (validated) config and exit")
     parser.add_argument("--threads", default=None,
                         help="torch intra-op threads (same as the override threads=N; excluded from the run's "
