@@ -20,8 +20,8 @@ over the valid keys is subtracted before exp, so the largest weight is exactly 1
 
 Two executions of the same block math (:func:`_block_forward`, :func:`_block_backward`):
 eager PyTorch (``impl="reference"``: a dozen passes over each (block, L, D) tensor), and
-``impl="compiled"``, the same two functions through ``torch.compile`` (inductor fuses each into
-one or two loops; on CPU that removes most of the memory traffic the eager passes cost).
+``impl="compiled"``, the same two functions through ``torch.compile`` (inductor fuses the passes
+into a few C++ loops on CPU; each block's (block, L, D) tensor is still written once).
 """
 from __future__ import annotations
 

@@ -45,6 +45,11 @@ COMPILED_OPS = ("ea",)
 CPU_IMPLS = ("reference", "compiled")
 _CPU_IMPL = "reference"
 
+#: input dtypes the kernels take (they accumulate in float32)
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+#: highest Taylor degree the EA-series kernels unroll
+MAX_ORDER = 16
+
 
 def set_cpu_impl(name: str) -> None:
     """Process-wide choice of what ``impl="auto"`` runs on CPU for the ops in :data:`COMPILED_OPS`:
@@ -59,10 +64,6 @@ def set_cpu_impl(name: str) -> None:
 def cpu_impl() -> str:
     """The current :func:`set_cpu_impl` choice."""
     return _CPU_IMPL
-#: input dtypes the kernels take (they accumulate in float32)
-KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-#: highest Taylor degree the EA-series kernels unroll
-MAX_ORDER = 16
 
 
 _UNSET = object()
