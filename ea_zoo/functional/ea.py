@@ -18,10 +18,15 @@ O(L D + block L D) and no forward is run twice. With g = dLoss/dy:
 It is numerically stable as flash attention is: the per-(query, channel) maximum of o_ijc
 over the valid keys is subtracted before exp, so the largest weight is exactly 1.
 
-Two executions of the same block math (:func:`_block_forward`, :func:`_block_backward`):
-eager PyTorch (``impl="reference"``: a dozen passes over each (block, L, D) tensor), and
-``impl="compiled"``, the same two functions through ``torch.compile`` (inductor fuses the passes
-into a few C++ loops on CPU; each block's (block, L, D) tensor is still written once).
+Two executions of the same block math: eager PyTorch (``impl="reference"``,
+:func:`_block_forward` and :func:`_block_backward`: a dozen passes over each (block, L, D)
+tensor), and ``impl="compiled"``, where each of the six reductions above (the max m, den and
+the numerator of eq. 2; dq, dk and dv) is its own ``torch.compile``'d function that recomputes
+o_ijc from q and k inside one fused C++ loop, so no (block, L, D) tensor is ever written.
+dk and dv reduce over queries, so their functions take the key-major layout (.., Lk, Lq, D)
+and reduce over its -2 dim like the others. One reduction per function is deliberate:
+inductor's code for two reductions in one graph (den with num, or dk with dv) measured 2-5x
+slower on CPU than the two run apart (``benchmarks/results/ea_compiled_cpu/``).
 """
 from __future__ import annotations
 
@@ -38,15 +43,18 @@ __all__ = ["ea", "ea_init_state", "ea_step", "DEFAULT_MAX_BLOCK_ELEMENTS"]
 DEFAULT_MAX_BLOCK_ELEMENTS = 1 << 24
 
 
-def _invalid_keys(Lq: int, Lk: int, q_start: int, causal: bool, km: Optional[torch.Tensor], device):
-    """Bool (.., Lq, Lk, 1) of the keys a query block may not see (None: all visible)."""
+def _invalid_keys(Lq: int, Lk: int, q_start: int, causal: bool, km: Optional[torch.Tensor], device,
+                  key_major: bool = False):
+    """Bool (.., Lq, Lk, 1) of the keys a query block may not see, (.., Lk, Lq, 1) when
+    ``key_major`` (None: all visible)."""
     invalid = None
-    if km is not None:  # (B, 1.., Lk, 1) -> (B, 1.., 1, Lk, 1)
-        invalid = ~km.unsqueeze(-3)
+    if km is not None:  # (B, 1.., Lk, 1) -> (B, 1.., 1, Lk, 1), or (B, 1.., Lk, 1, 1)
+        invalid = ~(km.unsqueeze(-2) if key_major else km.unsqueeze(-3))
     if causal:
         qi = torch.arange(q_start, q_start + Lq, device=device)
         kj = torch.arange(Lk, device=device)
-        future = (kj[None, :] > qi[:, None]).unsqueeze(-1)  # (Lq, Lk, 1)
+        future = (kj[:, None] > qi[None, :]) if key_major else (kj[None, :] > qi[:, None])
+        future = future.unsqueeze(-1)  # (Lq, Lk, 1) or (Lk, Lq, 1)
         invalid = future if invalid is None else (invalid | future)
     return invalid
 
@@ -87,16 +95,88 @@ def _block_backward(q, k, v, y, m, den, km, q_start: int, causal: bool, g):
     return s.sum(-2).mul_(-2.0), s.sum(-3).mul_(2.0), dv
 
 
-#: torch.compile'd (_block_forward, _block_backward), built on first use of impl="compiled"
+def _masked_similarity(q, k, km, q_start: int, causal: bool, key_major: bool):
+    """Out-of-place :func:`_similarity` for the fused reductions: o_ijc (-inf at invalid keys) and
+    (q_i - k_j), (.., Lq, Lk, D), or (.., Lk, Lq, D) when ``key_major`` (reductions over queries)."""
+    diff = q.unsqueeze(-3) - k.unsqueeze(-2) if key_major else q.unsqueeze(-2) - k.unsqueeze(-3)
+    o = -(diff * diff)
+    invalid = _invalid_keys(q.shape[-2], k.shape[-2], q_start, causal, km, q.device, key_major)
+    if invalid is not None:
+        o = o.masked_fill(invalid, float("-inf"))
+    return o, diff
+
+
+def _fused_max(q, k, km, q_start: int, causal: bool):
+    """m_ic = max_j o_ijc over the valid keys (0 where none): (.., Lq, 1, D)."""
+    o, _ = _masked_similarity(q, k, km, q_start, causal, key_major=False)
+    m = o.amax(dim=-2, keepdim=True)
+    return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+
+
+def _fused_den(q, k, m, km, q_start: int, causal: bool):
+    """den_ic = sum_j e^{o_ijc - m_ic}: (.., Lq, D)."""
+    o, _ = _masked_similarity(q, k, km, q_start, causal, key_major=False)
+    return torch.exp(o - m).sum(-2)
+
+
+def _fused_num(q, k, v, m, km, q_start: int, causal: bool):
+    """sum_j e^{o_ijc - m_ic} v_jc: (.., Lq, D)."""
+    o, _ = _masked_similarity(q, k, km, q_start, causal, key_major=False)
+    return (torch.exp(o - m) * v.unsqueeze(-3)).sum(-2)
+
+
+def _fused_dq(q, k, v, y, m, inv_den, km, q_start: int, causal: bool, g):
+    """dq_i = -2 sum_j p_ij g_i (v_j - y_i) (q_i - k_j): (.., Lq, D)."""
+    o, diff = _masked_similarity(q, k, km, q_start, causal, key_major=False)
+    p = torch.exp(o - m) * inv_den.unsqueeze(-2)
+    return (p * g.unsqueeze(-2) * (v.unsqueeze(-3) - y.unsqueeze(-2)) * diff).sum(-2) * -2.0
+
+
+def _fused_dk(q, k, v, y, m_t, inv_den_t, km, q_start: int, causal: bool, g):
+    """dk_j = 2 sum_i p_ij g_i (v_j - y_i) (q_i - k_j) in the key-major layout; m_t, inv_den_t
+    are (.., 1, Lq, D): (.., Lk, D)."""
+    o, diff = _masked_similarity(q, k, km, q_start, causal, key_major=True)
+    p = torch.exp(o - m_t) * inv_den_t
+    return (p * g.unsqueeze(-3) * (v.unsqueeze(-2) - y.unsqueeze(-3)) * diff).sum(-2) * 2.0
+
+
+def _fused_dv(q, k, m_t, inv_den_t, km, q_start: int, causal: bool, g):
+    """dv_j = sum_i p_ij g_i in the key-major layout: (.., Lk, D)."""
+    o, _ = _masked_similarity(q, k, km, q_start, causal, key_major=True)
+    return (torch.exp(o - m_t) * inv_den_t * g.unsqueeze(-3)).sum(-2)
+
+
+#: the six torch.compile'd reductions (_fused_max .. _fused_dv), built on first use of impl="compiled"
 _COMPILED = None
 
 
-def _compiled_block_fns():
-    """The block forward and backward fused by torch.compile (inductor: C++ loops on CPU)."""
+def _compiled_fns():
+    """The fused reductions of the compiled path, each through torch.compile (inductor: C++ loops on CPU)."""
     global _COMPILED
     if _COMPILED is None:
-        _COMPILED = (torch.compile(_block_forward), torch.compile(_block_backward))
+        fns = (_fused_max, _fused_den, _fused_num, _fused_dq, _fused_dk, _fused_dv)
+        _COMPILED = tuple(torch.compile(f) for f in fns)
     return _COMPILED
+
+
+def _compiled_block_forward(q, k, v, km, q_start: int, causal: bool):
+    """:func:`_block_forward`'s (y, m, den) from the fused reductions."""
+    fmax, fden, fnum = _compiled_fns()[:3]
+    m = fmax(q, k, km, q_start, causal)
+    den = fden(q, k, m, km, q_start, causal)
+    return safe_ratio(fnum(q, k, v, m, km, q_start, causal), den), m, den
+
+
+def _compiled_block_backward(q, k, v, y, m, den, km, q_start: int, causal: bool, g):
+    """:func:`_block_backward`'s (dq, dk, dv) from the fused reductions."""
+    fdq, fdk, fdv = _compiled_fns()[3:]
+    ok = den > 0
+    inv_den = torch.where(ok, 1.0 / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(den))
+    m_t = m.transpose(-2, -3).contiguous()  # (.., 1, Lq, D)
+    inv_den_t = inv_den.unsqueeze(-3)
+    return (fdq(q, k, v, y, m, inv_den, km, q_start, causal, g),
+            fdk(q, k, v, y, m_t, inv_den_t, km, q_start, causal, g),
+            fdv(q, k, m_t, inv_den_t, km, q_start, causal, g))
 
 
 class _EABlock(torch.autograd.Function):
@@ -125,16 +205,16 @@ class _EABlock(torch.autograd.Function):
 
 
 class _EABlockCompiled(_EABlock):
-    """The same block, its forward and backward run through :func:`_compiled_block_fns`."""
+    """The same block, its forward and backward from the fused reductions (:func:`_compiled_fns`)."""
 
     @staticmethod
     def forward(q, k, v, km, q_start: int, causal: bool):
-        return _compiled_block_fns()[0](q, k, v, km, q_start, causal)
+        return _compiled_block_forward(q, k, v, km, q_start, causal)
 
     @staticmethod
     def backward(ctx, g, _grad_m, _grad_den):
         q, k, v, y, m, den, km = ctx.saved_tensors
-        grads = _compiled_block_fns()[1](q, k, v, y, m, den, km if ctx.has_mask else None,
+        grads = _compiled_block_backward(q, k, v, y, m, den, km if ctx.has_mask else None,
                                          ctx.q_start, ctx.causal, g.contiguous())
         return (*grads, None, None, None)
 
@@ -194,7 +274,8 @@ def _reference(
     compiled: bool = False,
 ) -> torch.Tensor:
     """The PyTorch reference of :func:`ea` (query blocks, each with its own backward), same arguments less
-    ``impl``; ``compiled`` runs each block through :func:`_compiled_block_fns` (not under torch.jit.trace)."""
+    ``impl``; ``compiled`` runs each block through the fused reductions of :func:`_compiled_fns`
+    (not under torch.jit.trace)."""
     check_qkv(q, k, v, "ea")
     if causal and q.shape[-2] != k.shape[-2]:
         raise ValueError(f"ea: causal needs as many queries as keys, got {q.shape[-2]} and {k.shape[-2]}")
@@ -215,7 +296,7 @@ def _reference(
     if torch.jit.is_tracing():
         block_fn = _block_forward
     elif compiled:
-        block_fn = _EABlockCompiled.apply if needs_grad else _compiled_block_fns()[0]
+        block_fn = _EABlockCompiled.apply if needs_grad else _compiled_block_forward
     else:
         block_fn = _EABlock.apply if needs_grad else _block_forward
     outs = [block_fn(q[..., start : start + block, :], k, v, km, start, causal)[0]
