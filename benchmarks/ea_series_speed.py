@@ -9,7 +9,7 @@ backward of ``out.sum()``) in float32 at B = 1, D = 256:
 * ``ea6`` / ``ea2``: ``ea_zoo.functional.ea_series(..., impl="reference")`` on the same
   (1, 4, L, 64) tensors (every channel is independent, so heads only group channels);
 * ``ea``: full EA, ``ea_zoo.functional.ea(..., impl="reference")`` (O(L^2 D));
-* ``ea_compiled``: the same full EA with ``impl="compiled"`` (its blocks through
+* ``ea_compiled``: the same full EA with ``impl="compiled"`` (six fused reductions through
   torch.compile; the compile happens in the warm-up call and is not timed).
 
 It reports the best of ``--repeat`` timed calls after a warm-up, the ratio SDPA time / EA

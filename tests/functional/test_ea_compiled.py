@@ -47,6 +47,25 @@ def test_compiled_float64_matches_naive_softmax_with_gradients(causal):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)
 
 
+def test_compiled_heads_layout_long_sequence_float64_matches_naive():
+    """(B, H, L, d) heads (the modules' layout; the key mask broadcasts over heads), L = 144 keys at
+    scale 20 with causal masking and padding, in blocks of 16 queries: the key-major dk / dv
+    reductions must see the same masks and per-query max as the query-major ones."""
+    g = torch.Generator().manual_seed(4)
+    B, H, L, d = 2, 3, 144, 4
+    q4, k4, v4 = (torch.randn(B, H, L, d, generator=g, dtype=torch.float64) for _ in range(3))
+    q4, k4 = q4 * 20.0, k4 * 20.0
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[1, 97:] = False
+    ins = tuple(t.requires_grad_() for t in (q4, k4, v4))
+    y4 = ea(*ins, causal=True, key_padding_mask=mask, max_block_elements=B * H * L * d * 16, impl="compiled")
+    flat = tuple(t.transpose(1, 2).reshape(B, L, H * d) for t in ins)  # channels are independent
+    y0 = naive(*flat, True, mask).reshape(B, L, H, d).transpose(1, 2)
+    torch.testing.assert_close(y4, y0, rtol=1e-10, atol=1e-10)
+    for a, b in zip(_grads(y4, ins), _grads(y0, ins)):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)
+
+
 @pytest.mark.parametrize("scale", [1.0, 30.0])
 def test_compiled_float32_matches_eager_float32(scale):
     q, k, v, mask = _inputs(torch.float32, scale, seed=1)
