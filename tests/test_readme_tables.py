@@ -30,3 +30,12 @@ def test_cells_show_missing_seeds_paper_numbers_and_the_best_in_bold():
     t3 = tool.build_tables(report)["table3"]
     assert t3[2].startswith("| sa | 0.900 ± 0.010 (2/5 seeds) (paper 0.97) | not run |")
     assert t3[3].startswith("| ea6 | **0.950 ± 0.010** | not run |")
+
+
+def test_a_single_seed_shows_no_std():
+    """One finished seed has no sample std: the cell shows the value and the seed count only."""
+    tool = _tool()
+    row = {"paper_cell": "SCP1", "cell": "SelfRegulationSCP1", "protocol": "val", "metric": "acc", "n": 1,
+           "n_planned": 3, "mean": 0.836, "std": 0.0, "paper": None, "backend": "taylor"}
+    t3 = tool.build_tables({"backends": ["taylor"], "rows": [row]})["table3"]
+    assert "| **0.836 (1/3 seeds)** |" in t3[2]

@@ -33,7 +33,7 @@ def _cell_text(row: Optional[dict]) -> Tuple[str, Optional[str]]:
     """(mean ± std [k/n seeds], paper suffix) of one row; ('not run', None) without a finished seed."""
     if row is None or not row.get("n"):
         return "not run", None
-    s = f"{row['mean']:.3f}" + (f" ± {row['std']:.3f}" if row.get("std") is not None else "")
+    s = f"{row['mean']:.3f}" + (f" ± {row['std']:.3f}" if row.get("std") is not None and row["n"] > 1 else "")
     if row["n"] < row.get("n_planned", row["n"]):
         s += f" ({row['n']}/{row['n_planned']} seeds)"
     paper = f" (paper {row['paper']:g})" if row.get("paper") is not None else None

@@ -70,7 +70,7 @@ def _table(stats: Dict[str, Any], task: str, protocol: str, metrics: Sequence[st
                 if r["mean"] is None:
                     out.append(r["status"])
                     continue
-                s = f"{_fmt(r['mean'], m)} ± {_fmt(r['std'], m)}"
+                s = _fmt(r["mean"], m) + (f" ± {_fmt(r['std'], m)}" if r["n"] > 1 else "")  # no std of one seed
                 if best.get((c, m)) == r["mean"]:
                     s = f"**{s}**"
                 if r["n"] != r["n_planned"]:

@@ -176,3 +176,17 @@ def test_restore_from_a_bad_file_is_one_line(tmp_path, capsys):
                                "--restore-from", str(path), "--dry-run")
         assert rc == 2 and str(path) in err and part in err, err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_report_table_shows_no_std_for_a_single_seed():
+    from ea_zoo.train.report import _table
+
+    row = {"cell": "SelfRegulationSCP1", "task": "classification", "protocol": "val", "metric": "acc",
+           "paper": None, "status": "ok"}
+    stats = {"cells": [{"cell": "SelfRegulationSCP1", "task": "classification", "protocols": ["val"]}],
+             "backends": ["sa", "taylor"],
+             "rows": [{**row, "backend": "sa", "n": 3, "n_planned": 3, "mean": 0.75, "std": 0.05},
+                      {**row, "backend": "taylor", "n": 1, "n_planned": 3, "mean": 0.836, "std": 0.0}]}
+    lines = _table(stats, "classification", "val", ["acc"], with_paper=False)
+    assert lines[2] == "| sa | 0.750 ± 0.050 |"
+    assert lines[3] == "| taylor | **0.836** (n=1 of 3) |"
