@@ -25,8 +25,10 @@ the numerator of eq. 2; dq, dk and dv) is its own ``torch.compile``'d function t
 o_ijc from q and k inside one fused C++ loop, so no (block, L, D) tensor is ever written.
 dk and dv reduce over queries, so their functions take the key-major layout (.., Lk, Lq, D)
 and reduce over its -2 dim like the others. One reduction per function is deliberate:
-inductor's code for two reductions in one graph (den with num, or dk with dv) measured 2-5x
-slower on CPU than the two run apart (``benchmarks/results/ea_compiled_cpu/``).
+inductor's code for two reductions in one graph measured 2-3x slower on CPU than the two run
+apart (B 16, L 315, D 64, one thread, a training run beside it: den with num 0.35 s against
+0.06 + 0.07 s; dk with dv 0.41 s against 0.11 + 0.09 s). The op's idle timings are in
+``benchmarks/results/ea_compiled_cpu/``.
 """
 from __future__ import annotations
 
@@ -81,12 +83,17 @@ def _block_forward(q, k, v, km, q_start: int, causal: bool):
     return safe_ratio(num, den), m, den
 
 
+def _inverse_den(den):
+    """1 / den, and 0 for a query that sees no key (den = 0)."""
+    ok = den > 0
+    return torch.where(ok, 1.0 / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(den))
+
+
 def _block_backward(q, k, v, y, m, den, km, q_start: int, causal: bool, g):
     """dLoss/d(q, k, v) of one query block from g = dLoss/dy (module docstring), recomputing p."""
     invalid = _invalid_keys(q.shape[-2], k.shape[-2], q_start, causal, km, q.device)
     diff, p = _similarity(q, k, invalid)
-    ok = den > 0
-    inv_den = torch.where(ok, 1.0 / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(den))
+    inv_den = _inverse_den(den)
     p.sub_(m).exp_().mul_(inv_den.unsqueeze(-2))  # p_ijc; 0 for a query that sees no key
     gi = g.unsqueeze(-2)
     dv = (p * gi).sum(-3)
@@ -170,8 +177,7 @@ def _compiled_block_forward(q, k, v, km, q_start: int, causal: bool):
 def _compiled_block_backward(q, k, v, y, m, den, km, q_start: int, causal: bool, g):
     """:func:`_block_backward`'s (dq, dk, dv) from the fused reductions."""
     fdq, fdk, fdv = _compiled_fns()[3:]
-    ok = den > 0
-    inv_den = torch.where(ok, 1.0 / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(den))
+    inv_den = _inverse_den(den)
     m_t = m.transpose(-2, -3).contiguous()  # (.., 1, Lq, D)
     inv_den_t = inv_den.unsqueeze(-3)
     return (fdq(q, k, v, y, m, inv_den, km, q_start, causal, g),
