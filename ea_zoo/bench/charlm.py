@@ -442,6 +442,7 @@ def write_report(jobs, timing_jobs, store, p, preset, out, env, plot, status=Non
              f"(batch 1) after `prefill` of the context (random tokens, chunks of 1024); 'skipped' = the prefill "
              f"to that context was projected to take more than {p['max_prefill_s']} s; state = bytes of the "
              f"decoding state at the last context. '-' = not measured yet.")
+    notes = " ".join(filter(None, [notes, common.cpu_impl_note((j.label, store.load(j.cfg)) for j in [*jobs, *timing_jobs])]))
     sections = [("Results", common.md_table(headers, table)), ("Setup", notes)]
     config = {"preset": preset, **{k: v for k, v in p.items() if k != "about"}, "backends": [r["backend"] for r in rows]}
     title = "Character-level LM on Tiny Shakespeare, every causal backend"

@@ -10,6 +10,10 @@
   run. :func:`run_jobs` runs the missing ones, in this process or ``--jobs N`` single-thread
   worker processes side by side, with a progress bar; each result records the final train
   loss (where there is one), wall time, device, torch/timm versions, date and git commit.
+  ``--cpu-impl compiled`` runs full EA's torch.compile-fused CPU path
+  (:func:`ea_zoo.kernels.set_cpu_impl`); the math is the same, so it is recorded in each
+  result (``cpu_impl``) but is not part of a run's key, and :func:`cpu_impl_note` names the
+  runs that used it in a report.
 * **Training helpers**: AdamW with weight decay on matrices only, linear warm-up + cosine
   schedule, mean ± sample std.
 * **Outputs**: JSON (environment, config, rows), CSV (rows), markdown (tables) and PNG
@@ -38,7 +42,7 @@ import torch
 __all__ = [
     "DEFAULT_THREADS", "Job", "default_backends", "parse_backends", "backend_label", "parse_seeds",
     "add_grid_arguments", "run_record", "environment", "run_jobs", "make_adamw", "lr_at", "mean_std",
-    "write_outputs", "fmt_pm", "plt",
+    "write_outputs", "fmt_pm", "plt", "cpu_impl_note",
 ]
 
 #: torch threads of one run (``--threads``): one keeps two side-by-side runs off each other's core
@@ -183,6 +187,12 @@ def add_grid_arguments(p: argparse.ArgumentParser, presets: Mapping[str, Any], d
                    help="runs side by side in worker processes, --threads torch threads each (default 1)")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                    help=f"torch intra-op threads per run (default {DEFAULT_THREADS})")
+    from ea_zoo.kernels import CPU_IMPLS
+
+    p.add_argument("--cpu-impl", choices=CPU_IMPLS, default="reference",
+                   help="how full EA (ea) runs on CPU: reference (eager PyTorch) or compiled (torch.compile-fused, "
+                        "same math, ~3x faster after a compile per shape); recorded per run, not part of its key "
+                        "(default reference)")
     p.add_argument("--max-runs", type=int, default=None, help="run at most this many missing runs, then report")
     p.add_argument("--dry-run", action="store_true", help="list the runs (done / to do) and exit")
     p.add_argument("--report-only", action="store_true", help="write the report from the stored runs; train nothing")
@@ -212,6 +222,7 @@ def environment(device: Any = "cpu", **extra: Any) -> Dict[str, Any]:
 def run_record(device: Any, wall_s: float) -> Dict[str, Any]:
     """What every stored result carries besides its metrics."""
     from ea_zoo.analysis import report
+    from ea_zoo.kernels import cpu_impl
 
     dev = torch.device(device)
     return {
@@ -219,6 +230,7 @@ def run_record(device: Any, wall_s: float) -> Dict[str, Any]:
         "device": str(dev),
         "device_name": report.device_name(dev),
         "torch_threads": torch.get_num_threads(),
+        "cpu_impl": cpu_impl(),
         "torch": torch.__version__,
         "timm": report.package_version("timm"),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -247,8 +259,11 @@ def _call(fn_path: str, cfg: Dict[str, Any], run_dir: Path, progress: bool) -> D
     return {**rec, **result}
 
 
-def _worker_init(threads: int) -> None:
+def _worker_init(threads: int, cpu_impl: str = "reference") -> None:
+    from ea_zoo.kernels import set_cpu_impl
+
     torch.set_num_threads(max(1, int(threads)))
+    set_cpu_impl(cpu_impl)
 
 
 def _worker(fn_path: str, cfg: Dict[str, Any], label: str, store_root: str) -> Tuple[str, Optional[Dict], str]:
@@ -266,14 +281,20 @@ def _worker(fn_path: str, cfg: Dict[str, Any], label: str, store_root: str) -> T
 
 def run_jobs(jobs: Sequence[Job], fn_path: str, store_root: os.PathLike, n_jobs: int = 1,
              threads: int = DEFAULT_THREADS, desc: str = "runs", quiet: bool = False, force: bool = False,
-             max_runs: Optional[int] = None, log: Callable[[str], None] = print) -> Dict[str, List[str]]:
+             max_runs: Optional[int] = None, log: Callable[[str], None] = print,
+             cpu_impl: str = "reference") -> Dict[str, List[str]]:
     """Run every job without a stored result (all with ``force``) through ``fn_path``
     (``"module:function"``, called as ``fn(cfg, run_dir, progress) -> result dict``), saving
     each result in ``RunStore(store_root)``. A failing run is reported and left without a
-    result (rerun retries it). Returns ``{"done", "ran", "failed"}`` label lists."""
+    result (rerun retries it). ``cpu_impl``: :func:`ea_zoo.kernels.set_cpu_impl` for the runs
+    (restored afterwards in this process). Returns ``{"done", "ran", "failed"}`` label lists."""
     from tqdm.auto import tqdm
 
+    from ea_zoo import kernels
     from ea_zoo.train.runs import RunStore
+
+    if cpu_impl not in kernels.CPU_IMPLS:
+        raise ValueError(f"cpu_impl must be one of {kernels.CPU_IMPLS}, got {cpu_impl!r}")
 
     store = RunStore(store_root)
     status: Dict[str, List[str]] = {"done": [], "ran": [], "failed": []}
@@ -302,8 +323,9 @@ def run_jobs(jobs: Sequence[Job], fn_path: str, store_root: os.PathLike, n_jobs:
 
     try:
         if n_jobs <= 1:
-            old = torch.get_num_threads()
+            old, old_impl = torch.get_num_threads(), kernels.cpu_impl()
             torch.set_num_threads(max(1, threads))
+            kernels.set_cpu_impl(cpu_impl)
             try:
                 for j in todo:
                     try:
@@ -317,12 +339,13 @@ def run_jobs(jobs: Sequence[Job], fn_path: str, store_root: os.PathLike, n_jobs:
                         finish(j.label, None, traceback.format_exc())
             finally:
                 torch.set_num_threads(old)
+                kernels.set_cpu_impl(old_impl)
         else:
             old_env = os.environ.get("OMP_NUM_THREADS")
             os.environ["OMP_NUM_THREADS"] = str(max(1, threads))
             ctx = multiprocessing.get_context("spawn")
             pool = cf.ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx, initializer=_worker_init,
-                                          initargs=(threads,))
+                                          initargs=(threads, cpu_impl))
             try:
                 futs = [pool.submit(_worker, fn_path, j.cfg, j.label, str(store_root)) for j in todo]
                 for f in cf.as_completed(futs):
@@ -415,6 +438,18 @@ def run_records(jobs: Sequence[Job], store: Any) -> List[Dict[str, Any]]:
     return out
 
 
+def cpu_impl_note(results: Iterable[Tuple[str, Optional[Mapping[str, Any]]]]) -> str:
+    """A report sentence naming the runs (``(label, stored result)``) that ran full EA with
+    ``cpu_impl`` other than the reference ("" when none did)."""
+    by_impl: Dict[str, List[str]] = {}
+    for label, r in results:
+        impl = (r or {}).get("cpu_impl", "reference")
+        if impl != "reference":
+            by_impl.setdefault(impl, []).append(label)
+    return " ".join(f"Run with `--cpu-impl {impl}` (full EA's torch.compile-fused CPU path, the same math): "
+                    f"{', '.join(labels)}." for impl, labels in sorted(by_impl.items()))
+
+
 def store_root_of(args: argparse.Namespace) -> Path:
     """The RunStore folder of a bench CLI: ``--runs-dir``, else ``<--out>/runs``."""
     return Path(args.runs_dir) if args.runs_dir else Path(args.out) / "runs"
@@ -451,7 +486,7 @@ def run_grid(args: argparse.Namespace, name: str, jobs: Sequence[Job], report: C
         status = run_jobs(chosen, f"ea_zoo.bench.{name}:{'timing_run' if timing else 'train_run'}", store_root,
                           n_jobs=1 if timing else args.jobs, threads=args.threads,
                           desc=f"{desc} timing" if timing else desc, quiet=args.quiet, force=args.force,
-                          max_runs=args.max_runs)
+                          max_runs=args.max_runs, cpu_impl=getattr(args, "cpu_impl", "reference"))
     paths = report(environment(args.device), status)
     print(f"wrote {', '.join(str(x) for x in paths)}")
     return 1 if status and status["failed"] else 0

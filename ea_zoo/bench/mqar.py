@@ -411,6 +411,7 @@ def write_report(jobs, store, p: Dict[str, Any], preset: str, out: Path, env: Di
              f"is reported per (backend, width), as Zoology reports the best of its sweep. Accuracy = fraction "
              f"of query positions whose value is predicted (argmax). Decode state = `model.state_numel(L) * 4` "
              f"bytes after L = {max(s[0] for s in p['test'])} tokens. {n_ok}/{len(runs)} runs finished.")
+    notes = " ".join(filter(None, [notes, common.cpu_impl_note((j.label, store.load(j.cfg)) for j in jobs)]))
     sections = [
         (f"{what[0].upper() + what[1:]}, per width"
          + (" (in brackets: over all test segments; decode state; best lr)" if key != "test_acc"

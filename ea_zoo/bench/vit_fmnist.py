@@ -343,6 +343,7 @@ def write_report(jobs, timing_jobs, store, p, preset, out, env, plot, status=Non
              f"steps, median; memory = parameters + AdamW state + peak live tensors of forward + backward on CPU); "
              f"'epoch s (grid)' is the mean epoch time measured during the accuracy runs, which ran side by side on a "
              f"shared machine (not a clean timing).")
+    notes = " ".join(filter(None, [notes, common.cpu_impl_note((j.label, store.load(j.cfg)) for j in [*jobs, *timing_jobs])]))
     sections = [("Results", common.md_table(["backend", "test acc", "seeds", "params", "epoch s", "img/s",
                                              "peak memory", "epoch s (grid)", "status"], table)),
                 ("Setup", notes)]

@@ -65,3 +65,31 @@ def test_every_record_names_the_commit_and_a_pinned_commit_wins(monkeypatch):
     monkeypatch.delenv("EA_ZOO_GIT_COMMIT")
     got = report.git_commit()
     assert got is None or len(got.split("+")[0]) >= 7
+
+
+def _probe(cfg, run_dir, progress):
+    from ea_zoo.kernels import cpu_impl
+
+    return {"seen_cpu_impl": cpu_impl()}
+
+
+def test_run_jobs_sets_cpu_impl_for_the_runs_records_it_and_restores_it(tmp_path):
+    from ea_zoo import kernels
+    from ea_zoo.train.runs import RunStore
+
+    jobs = [common.Job({"bench": "probe", "i": i}, f"probe{i}") for i in range(2)]
+    assert kernels.cpu_impl() == "reference"
+    st = common.run_jobs(jobs, f"{__name__}:_probe", tmp_path, quiet=True, cpu_impl="compiled", log=lambda s: None)
+    assert st["ran"] == ["probe0", "probe1"] and kernels.cpu_impl() == "reference"
+    res = RunStore(tmp_path).load(jobs[0].cfg)
+    assert res["seen_cpu_impl"] == "compiled" and res["cpu_impl"] == "compiled"
+    note = common.cpu_impl_note([(j.label, RunStore(tmp_path).load(j.cfg)) for j in jobs] + [("old", {})])
+    assert note.startswith("Run with `--cpu-impl compiled`") and "probe0, probe1." in note and "old" not in note
+    assert common.cpu_impl_note([("a", {"cpu_impl": "reference"}), ("b", None)]) == ""
+    with pytest.raises(ValueError, match="reference.*got 'fast'"):
+        common.run_jobs(jobs, f"{__name__}:_probe", tmp_path, cpu_impl="fast")
+    common._worker_init(1, "compiled")
+    try:
+        assert kernels.cpu_impl() == "compiled"
+    finally:
+        kernels.set_cpu_impl("reference")

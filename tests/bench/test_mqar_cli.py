@@ -73,3 +73,25 @@ def test_restore_from_another_tools_report_is_one_line(tmp_path, capsys):
                "--restore-from", str(tmp_path / "vit.json")])
     err = capsys.readouterr().err
     assert rc == 2 and "not a mqar report" in err and "bench-vit" in err and "Traceback" not in err
+
+
+def test_cpu_impl_is_recorded_not_keyed_and_named_in_the_report(tmp_path, capsys):
+    """--cpu-impl compiled changes how full EA executes, not what a run computes: the run is
+    stored under the same key (a rerun without the flag trains nothing), its result says
+    which path ran, and the report names it. A bad value is one argparse error."""
+    import pytest
+
+    out = tmp_path / "m"
+    base = ["mqar", "--preset", "smoke", "--backends", "sa", "--out", str(out), "--quiet", "--no-plot"]
+    assert main(base + ["--cpu-impl", "compiled"]) == 0
+    res = json.loads(next((out / "runs").glob("sa_*/result.json")).read_text())
+    assert res["cpu_impl"] == "compiled"
+    assert "Run with `--cpu-impl compiled`" in (out / "mqar.md").read_text()
+    capsys.readouterr()
+    assert main(base) == 0
+    assert "to run" not in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(base + ["--cpu-impl", "fast"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "'fast'" in err and "reference" in err and "compiled" in err
