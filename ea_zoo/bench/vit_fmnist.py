@@ -191,7 +191,7 @@ def train_run(cfg: Dict[str, Any], run_dir: Path, progress: bool = False) -> Dic
     epochs = int(cfg["train"]["epochs"])
     bar = tqdm(total=tr.total, desc=f"vit {common.backend_label(cfg['attention'])} s{seed}", disable=not progress,
                leave=False, dynamic_ncols=True)
-    epoch_s, epoch_loss = [], []
+    epoch_s, epoch_loss, epoch_val = [], [], []
     diverged = False
     for ep in range(epochs):
         t0 = time.perf_counter()
@@ -208,13 +208,15 @@ def train_run(cfg: Dict[str, Any], run_dir: Path, progress: bool = False) -> Dic
             bar.update(1)
         epoch_s.append(time.perf_counter() - t0)
         epoch_loss.append(tot / max(1, n))
-        bar.set_postfix_str(f"ep {ep + 1} loss {epoch_loss[-1]:.3f}", refresh=False)
         if diverged:
             break
+        epoch_val.append(accuracy(tr.model, xva, yva, tr.dev))  # the learning curve (outside the epoch timing)
+        bar.set_postfix_str(f"ep {ep + 1} loss {epoch_loss[-1]:.3f} val {epoch_val[-1]:.3f}", refresh=False)
     bar.close()
     return {
         "test_acc": accuracy(tr.model, xte, yte, tr.dev), "val_acc": accuracy(tr.model, xva, yva, tr.dev),
         "final_train_loss": epoch_loss[-1] if epoch_loss else None, "epoch_train_loss": epoch_loss,
+        "epoch_val_acc": epoch_val,
         "epoch_s": epoch_s, "epoch_s_mean_under_load": statistics.fmean(epoch_s) if epoch_s else None,
         "diverged": diverged, "params": common.params_of(tr.model), "n_train": len(xtr), "n_test": len(xte),
         "steps": tr.step_i,
@@ -285,9 +287,34 @@ def collect(jobs, timing_jobs, store) -> List[Dict[str, Any]]:
                "epoch_s": t.get("epoch_s"), "images_per_s": t.get("images_per_s"),
                "peak_memory_bytes": t.get("peak_memory_bytes"), "timing_date": t.get("date"),
                "timing_load_average": t.get("load_average"),
-               "status": "ok" if n == len(rs) else f"{n}/{len(rs)} seeds"}
+               "status": "ok" if n == len(rs) else f"{n}/{len(rs)} seeds",
+               "epoch_val_acc_mean": _mean_curve([r.get("epoch_val_acc") for r in done]),
+               "epoch_train_loss_mean": _mean_curve([r.get("epoch_train_loss") for r in done])}
         rows.append(row)
     return rows
+
+
+def _mean_curve(curves: List[Optional[List[float]]]) -> Optional[List[float]]:
+    """Per-epoch mean over the seeds' curves; None unless every seed has a full curve (runs
+    stored before the curve was recorded have none)."""
+    if not curves or any(not c for c in curves) or len({len(c) for c in curves}) != 1:
+        return None
+    return [statistics.fmean(v) for v in zip(*curves)]
+
+
+def curve_table(rows: List[Dict[str, Any]]) -> Optional[str]:
+    """Markdown: validation accuracy (and train loss) after each epoch, mean over seeds, for
+    the backends whose runs recorded it; None when none did."""
+    have = [r for r in rows if r.get("epoch_val_acc_mean")]
+    if not have:
+        return None
+    n_ep = max(len(r["epoch_val_acc_mean"]) for r in have)
+    body = []
+    for r in have:
+        va, tl = r["epoch_val_acc_mean"], r.get("epoch_train_loss_mean") or []
+        body.append([r["backend"], *[f"{a:.4f}" + (f" ({tl[i]:.3f})" if i < len(tl) else "") for i, a in enumerate(va)],
+                     *["-"] * (n_ep - len(va))])
+    return common.md_table(["backend", *[f"epoch {e + 1}" for e in range(n_ep)]], body)
 
 
 def _plot(rows, path: Path, title: str) -> None:
@@ -347,6 +374,10 @@ def write_report(jobs, timing_jobs, store, p, preset, out, env, plot, status=Non
     sections = [("Results", common.md_table(["backend", "test acc", "seeds", "params", "epoch s", "img/s",
                                              "peak memory", "epoch s (grid)", "status"], table)),
                 ("Setup", notes)]
+    curves = curve_table(rows)
+    if curves:
+        sections.insert(1, ("Learning curves: validation accuracy after each epoch (train loss of the epoch), "
+                            "mean over seeds", curves))
     config = {"preset": preset, **{k: v for k, v in p.items() if k != "about"}, "backends": [r["backend"] for r in rows]}
     title = "ViT on Fashion-MNIST, every backend"
     paths = common.write_outputs(out, "vit_fmnist", title, env, config, rows, sections,
