@@ -446,8 +446,9 @@ def cpu_impl_note(results: Iterable[Tuple[str, Optional[Mapping[str, Any]]]]) ->
         impl = (r or {}).get("cpu_impl", "reference")
         if impl != "reference":
             by_impl.setdefault(impl, []).append(label)
-    return " ".join(f"Run with `--cpu-impl {impl}` (full EA's torch.compile-fused CPU path, the same math): "
-                    f"{', '.join(labels)}." for impl, labels in sorted(by_impl.items()))
+    return " ".join(f"Run with `--cpu-impl {impl}` (it changes only how full EA executes on CPU: its "
+                    f"torch.compile-fused path, the same math): {', '.join(labels)}."
+                    for impl, labels in sorted(by_impl.items()))
 
 
 def store_root_of(args: argparse.Namespace) -> Path:
