@@ -8,6 +8,7 @@ backward of ``out.sum()``) in float32 at B = 1, D = 256:
   CPU kernel, O(L D) memory), causal or not;
 * ``ea6`` / ``ea2``: ``ea_zoo.functional.ea_series(..., impl="reference")`` on the same
   (1, 4, L, 64) tensors (every channel is independent, so heads only group channels);
+  ``ea6c16``: the same with ``chunk_size=16`` (default 64);
 * ``ea``: full EA, ``ea_zoo.functional.ea(..., impl="reference")`` (O(L^2 D));
 * ``ea_compiled``: the same full EA with ``impl="compiled"`` (six fused reductions through
   torch.compile; the compile happens in the warm-up call and is not timed).
@@ -27,7 +28,7 @@ machine. Writes JSON, CSV and markdown into ``benchmarks/results/ea_series_speed
         --out benchmarks/results/ea_series_speed_cpu_short      # the forecasting models' shapes
     python benchmarks/ea_series_speed.py --backends ea,ea_compiled,ea6 --lengths 315,896 --batch 16 \
         --heads 4 --head-dim 16 --out benchmarks/results/ea_compiled_cpu   # UWG / SCP1 models' shapes
-    python benchmarks/ea_series_speed.py --backends ea6,ea8 --lengths 64 --batch 64 --heads 1 \
+    python benchmarks/ea_series_speed.py --backends ea6,ea6c16,ea8,ea8c16 --lengths 64,1024 --batch 64 --heads 1 \
         --head-dim 128 --scales 1,2,4 --out benchmarks/results/ea_series_speed_cpu_scale   # MQAR width 128
 """
 from __future__ import annotations
@@ -62,7 +63,9 @@ def _step(kind: str, causal: bool, L: int, seed: int = 0, batch: int = 1, heads:
         elif kind in ("ea", "ea_compiled"):
             out = ea(q, k, v, causal=causal, impl="reference" if kind == "ea" else "compiled")
         else:
-            out = ea_series(q, k, v, order=int(kind[2:]), causal=causal, impl="reference")
+            order, _, chunk = kind[2:].partition("c")  # eaT, or eaTcC: chunk_size C of the causal path
+            out = ea_series(q, k, v, order=int(order), causal=causal, impl="reference",
+                            **({"chunk_size": int(chunk)} if chunk else {}))
         out.sum().backward()
         for t in (q, k, v):
             t.grad = None

@@ -366,14 +366,36 @@ class _Block:
         return _pad_rows(x, self.pad).view(*self.lead, self.N, self.C, self.D).movedim(-2, 0)
 
 
-def _seq_sum(x: torch.Tensor) -> torch.Tensor:
+class _SeqSum(torch.autograd.Function):
     """Sum over the last dim by sequential adds: the rounding of each row's sum then depends
     on that row alone, not on how many gathered chunks share the call (which can depend on
-    later keys); prefix invariance stays bit-exact."""
-    acc = x[..., 0].clone()
-    for j in range(1, x.shape[-1]):
-        acc += x[..., j]
-    return acc
+    later keys); prefix invariance stays bit-exact.
+
+    Its backward is the sum's (the gradient broadcast over the summed dim). Autograd through
+    the adds themselves would record one ``select`` per term, whose backward allocates and
+    zero-fills a tensor of x's full size each: O(C) full-size buffers for a (U, C, C) x, which
+    made the unsafe chunks' exact backward (:func:`_backward_block`) 60x slower than the rest
+    of the causal step at q, k scale 4 (``benchmarks/results/ea_series_speed_cpu_scale/``)."""
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        acc = x[..., 0].clone()
+        for j in range(1, x.shape[-1]):
+            acc += x[..., j]
+        return acc
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.shape = inputs[0].shape
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.unsqueeze(-1).expand(ctx.shape)
+
+
+def _seq_sum(x: torch.Tensor) -> torch.Tensor:
+    """(..., n) -> (...): :class:`_SeqSum` (sequential adds, a sum's backward)."""
+    return _SeqSum.apply(x)
 
 
 def _chunk_totals(k, v, k2, rho, order):

@@ -111,6 +111,26 @@ def test_fallback_blocks_are_exercised_and_exact():
     assert rel(y32, y2) < 1e-5
 
 
+def test_sequential_sum_backward_is_one_node():
+    """The unsafe chunks' exact backward runs autograd through ``_seq_sum`` on (U, C, C)
+    tensors. Recorded add by add, each term's ``select`` backward allocated and zero-filled a
+    full-size buffer (O(C) of them: the step at q, k scale 4 took 60x the scale-1 step); it is
+    one node whose backward broadcasts the gradient, and its forward is the sequential adds."""
+    from ea_zoo.functional.ea_series_chunk import _seq_sum
+
+    x = torch.randn(3, 5, 64, dtype=torch.float64, requires_grad=True)
+    y = _seq_sum(x)
+    acc = x.detach()[..., 0].clone()
+    for j in range(1, 64):
+        acc += x.detach()[..., j]
+    assert torch.equal(y.detach(), acc)  # bit for bit: the rounding of the sequential adds
+    assert y.grad_fn.next_functions[0][0] is not None and "Select" not in type(y.grad_fn).__name__
+    assert all("Select" not in type(f).__name__ for f, _ in y.grad_fn.next_functions if f is not None)
+    g = torch.randn(3, 5, dtype=torch.float64)
+    (gx,) = torch.autograd.grad(y, x, g)
+    assert torch.equal(gx, g.unsqueeze(-1).expand_as(x))
+
+
 def test_gradcheck_chunk_and_parallel():
     q, k, v = (t.requires_grad_() for t in qkv((1, 2, 11, 2), 3.0, 2.0))
     mask = torch.tensor([[True] * 9 + [False] * 2])
