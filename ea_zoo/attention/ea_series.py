@@ -25,10 +25,10 @@ class EASeriesAttention(TemperatureScaledAttention):
             ``allow_odd=True``.
         allow_odd: accept odd orders (weights may turn negative).
         chunk_size: tokens per chunk of the causal PyTorch path (default 64; the outputs agree
-            to float rounding for any value). Rows whose running minimum of k^2 falls more
-            than tau = 20 below their chunk's scale are computed pairwise within the chunk,
-            so when q, k are large (trained models, scale >= 4) and L is short, a smaller
-            chunk is much faster on CPU: measured in
+            to float rounding for any value). Chunks in which the running minimum of k^2
+            falls more than tau = 20 below the chunk's scale (large q, k: trained models,
+            scale >= 4) are redone exactly in sub-chunks of a quarter of their size
+            (pairwise once <= 16 rows), so their cost stays O(C) per row; measured in
             ``benchmarks/results/ea_series_speed_cpu_scale/``.
 
     Default scale: ``temperature=1`` and ``qk_norm=False`` reproduce the paper's formula.

@@ -42,10 +42,13 @@ uses is known at that row (so outputs before i are bit-identical whatever comes 
   scale r_c, with key weights e^{r_c - k_j^2}: bounded by e^{tau} (tau = 20 in float32) as
   long as the running minimum has not fallen more than tau below r_c by row i (a "safe"
   row: its scale R_i = r_c is then within tau of its m_i, so nothing of weight that
-  matters underflows). Rows past such a drop ("unsafe": rare, as the running minimum only
-  falls, by at most its first value in all) and the state totals of their chunks are
-  computed exactly, pair by pair at R_i = m_i (C x C weights e^{m_i - k_j^2}, exponents
-  <= 0), forward and backward.
+  matters underflows). Rows past such a drop ("unsafe": the running minimum only falls, by
+  at most its first value in all, but with large q, k, as trained models have, a chunk of
+  many channels often holds one) are computed exactly at R_i = m_i, forward and backward:
+  the chunk is redone as a sequence of sub-chunks of C / 4 rows continuing from the carried
+  state, each at its own first-row scale (recursively), and pair by pair (C x C weights
+  e^{m_i - k_j^2}, exponents <= 0) once C <= 16. The state totals of such chunks are
+  computed pair-free, at rho (exponents <= 0).
 
 Gradients: m is a constant (detached) scale; d y / d ref is 0 in exact arithmetic. No
 gradient flows into ``initial_state`` (it is treated as data, as in truncated BPTT).
@@ -61,6 +64,10 @@ import torch
 __all__ = ["ea_series_chunk", "ea_series_parallel", "DEFAULT_CHUNK_SIZE"]
 
 DEFAULT_CHUNK_SIZE = 64
+# unsafe chunks of more rows than this are redone in sub-chunks of 1 / _SUB_SPLIT their size
+# (each at its own scale); smaller ones pair by pair
+_PAIRWISE_MAX = 16
+_SUB_SPLIT = 4
 # largest drop of the running minimum inside a chunk handled by the factored form
 _TAU = {torch.float32: 20.0, torch.float64: 300.0}
 # temporaries of one block: about this many elements (or 2 x the sequence's L x D, if larger)
@@ -349,8 +356,37 @@ class _Block:
             rows[c].add_(rows[c - 1])
         self.R = X
 
+    def exact_rows(self):
+        """num, den (U, C) of the unsafe chunks' rows, each at its own scale m: the gathered
+        chunks as (U, C, 1) sequences continuing from their carried state, in sub-chunks of
+        C / 4 (each at its own scale, recursively), or pair by pair once C <= _PAIRWISE_MAX.
+        The work is O(C) per row instead of the pairwise O(C^2)."""
+        if self.C <= _PAIRWISE_MAX:
+            return self.fallback()
+        num, den = _chunk_forward(*self._sub_args(), self.order, self.C // _SUB_SPLIT, row_sums=True)
+        return num.squeeze(-1), den.squeeze(-1)
+
+    def exact_row_grads(self, g):
+        """dq, dk, dv (U, C) of sum_i g_i y_i over the unsafe chunks' rows (g (U, C): the
+        output gradient, 0 on safe rows), with their carried state held constant: the sub-chunk
+        forward of :meth:`exact_rows` and its hand-written backward."""
+        q, k, v, km, s0, ref = self._sub_args()
+        Cs = self.C // _SUB_SPLIT
+        y, inv, qf, _, _, St, r, rho = _chunk_forward(q, k, v, km, s0, ref, self.order, Cs, with_grad=True)
+        grads = _chunk_backward(g.unsqueeze(-1), q, k, v, km, y, inv, qf, St, r, rho, ref, self.order, Cs)
+        return tuple(t.squeeze(-1) for t in grads)
+
+    def _sub_args(self):
+        """The unsafe chunks as sequences: q, k, v (U, C, 1), keep-mask (U, C, 1), state
+        (2, T1, U, 1) at scale r (U, 1): the chunk's first-row scale, so the sub-call's
+        running minimum is m."""
+        km = torch.isfinite(self.gk2).unsqueeze(-1)  # padded keys and rows: k^2 = +inf
+        return (self.gq.unsqueeze(-1), self.gk.unsqueeze(-1), self.gv.unsqueeze(-1), km,
+                self.gSt.unsqueeze(-1), self.gr.unsqueeze(-1))
+
     def fallback(self, q=None, k=None, v=None):
-        """Exact num, den (U, C) of the unsafe chunks' rows at each row's own scale m."""
+        """Exact num, den (U, C) of the unsafe chunks' rows at each row's own scale m, pair by
+        pair (C x C weights)."""
         q = self.gq if q is None else q
         k = self.gk if k is None else k
         v = self.gv if v is None else v
@@ -426,30 +462,41 @@ def _pairwise(q, k, v, k2, m, order, St, r):
     return num + dec * _horner_c(St[0][..., None], q), den + dec * _horner_c(St[1][..., None], q)
 
 
-def _chunk_forward(q, k, v, km, s0, ref0, order, chunk, with_grad=False):
+def _chunk_forward(q, k, v, km, s0, ref0, order, chunk, with_grad=False, row_sums=False):
     """The causal forward on blocks of rows: ``(y, final state, final scale)``, y in the
     accumulation dtype. With ``with_grad`` also what the backward needs, ``(y, inv, qf,
     state, ref, St, r, rho)``: two (..., L, D) row factors that let the backward skip
     rebuilding the (2, t+1) sums (dnum = g * inv, dq = g * qf), the chunk-start states St
     (2, t+1, ..., N, D) and the chunk scales r, rho (1, ..., N, D) of all N chunks (the
-    blocks' pieces concatenated along the chunk dim, so they do not depend on the blocking)."""
+    blocks' pieces concatenated along the chunk dim, so they do not depend on the blocking).
+    With ``row_sums`` (the sub-chunks of :meth:`_Block.exact_rows`) ``(num, den)``, each row's
+    at its own scale m (..., L, D)."""
     cd = _cd(q)
     qc, kc, vc = q.to(cd), k.to(cd), v.to(cd)
     *lead, L, D = qc.shape
     tau = _TAU[cd]
     rows = _rows_per_block(L, int(math.prod(lead)) * D, order, chunk)
     state, ref = s0.to(cd), ref0.to(cd)
-    ys, invs, qfs, Sts, rs, rhos = [], [], [], [], [], []
+    ys, invs, qfs, Sts, rs, rhos, nums, dens = [], [], [], [], [], [], [], []
     for b0 in range(0, L, rows):
         sl = (Ellipsis, slice(b0, min(L, b0 + rows)), slice(None))
         blk = _Block(qc[sl], kc[sl], vc[sl], None if km is None else km[sl], state, ref, order, chunk, tau)
         nd = _horner_c(blk.R.transpose(0, 1), blk.q)
         num, den = nd[0], nd[1]
         if blk.idx is not None:
-            nb, db = blk.fallback()
+            nb, db = blk.exact_rows()
             sel = blk.unsafe_row[blk.cidx]
             num[blk.cidx] = torch.where(sel, nb.T, num[blk.cidx])
             den[blk.cidx] = torch.where(sel, db.T, den[blk.cidx])
+        if row_sums:  # safe rows from their chunk's scale r to their own m (e^{m - r} >= e^-tau)
+            f = _exp_le0(blk.m, blk.r.expand_as(blk.m))
+            if blk.idx is not None:
+                f = torch.where(blk.unsafe_row, torch.ones_like(f), f)
+            nums.append(blk.unpad(num * f))
+            dens.append(blk.unpad(den * f))
+            state, ref = blk.final, blk.ref_out
+            del blk
+            continue
         inv = torch.where(den > 0, 1.0 / den, _zeros(den))  # 1 / den at the row's scale, 0: no key
         y = num * inv
         if with_grad:
@@ -471,6 +518,8 @@ def _chunk_forward(q, k, v, km, s0, ref0, order, chunk, with_grad=False):
         state, ref = blk.final, blk.ref_out
         del blk
     cat = lambda xs: torch.cat(xs, dim=-2) if len(xs) > 1 else xs[0]  # noqa: E731
+    if row_sums:
+        return cat(nums), cat(dens)
     if not with_grad:
         return cat(ys), state, ref
     # St, r, rho: always fresh tensors (a custom op's outputs may not alias each other)
@@ -572,7 +621,12 @@ def _backward_block(blk, y, g, inv, qf, G_after, dq_out, dk_out, dv_out, km):
         RS.addcmul_(Gc.unsqueeze(2), torch.where(far, torch.exp(blk.rho - blk.k2), _zeros(blk.k2)))
     dk, dv = _key_grads(blk.k, blk.v, RS)
     del RS
-    if unsafe:
+    if unsafe and C > _PAIRWISE_MAX:  # the unsafe rows' share in their own chunk: sub-chunks
+        sel = blk.unsafe_row[blk.cidx].T
+        grads = blk.exact_row_grads(torch.where(sel, gv[blk.cidx].T, _zeros(gv)))
+        for out, gr in zip((dq, dk, dv), grads):
+            out[blk.cidx] = out[blk.cidx] + gr.T
+    elif unsafe:  # ... or pair by pair
         sel = blk.unsafe_row[blk.cidx].T
         zero = _zeros(dnum)
         with _local_autograd():

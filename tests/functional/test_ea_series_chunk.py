@@ -111,6 +111,37 @@ def test_fallback_blocks_are_exercised_and_exact():
     assert rel(y32, y2) < 1e-5
 
 
+@pytest.mark.parametrize("chunk", [64, 256])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_unsafe_chunks_are_redone_in_sub_chunks_not_pairs(monkeypatch, chunk, dtype):
+    """Keys whose running minimum drops by more than tau inside a chunk (q, k at scale 4-30,
+    as MQAR's width-128 EA-8 reached) made every such chunk an exact C x C pairwise problem,
+    forward and backward: 60x the step at scale 1. They are redone as sub-chunks of C / 4
+    (recursively: 256 -> 64 -> 16), so pairs are formed only in chunks of <= 16 rows; the
+    result and the gradients stay those of the float64 reference, padding included."""
+    import ea_zoo.functional.ea_series_chunk as esc
+
+    sizes = []
+    real = esc._pairwise
+    monkeypatch.setattr(esc, "_pairwise", lambda q, *a: sizes.append(q.shape[-1]) or real(q, *a))
+    L = 300
+    q, k, v = qkv((2, 3, L, 4), 20.0, 0.0, seed=chunk)
+    k[..., ::37, :] *= 3.0  # a few far keys: the running minimum keeps dropping in steps
+    mask = torch.ones(2, L, dtype=torch.bool)
+    mask[1, -40:] = False
+    xs = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+    y = ea_series_chunk(*xs, 6, mask, chunk_size=chunk)
+    g = torch.randn(y.shape, dtype=torch.float64)
+    grads = torch.autograd.grad(y, xs, g.to(dtype))
+    assert sizes and max(sizes) <= esc._PAIRWISE_MAX  # the fallback ran, on small chunks only
+    x2 = [t.clone().requires_grad_() for t in (q, k, v)]
+    y2 = ea_series_naive(*x2, 6, True, mask)
+    tol = 1e-9 if dtype == torch.float64 else 1e-4
+    assert rel(y, y2) < tol
+    for name, a, b in zip("qkv", grads, torch.autograd.grad(y2, x2, g)):
+        assert rel(a, b) < 10 * tol, name
+
+
 def test_sequential_sum_backward_is_one_node():
     """The unsafe chunks' exact backward runs autograd through ``_seq_sum`` on (U, C, C)
     tensors. Recorded add by add, each term's ``select`` backward allocated and zero-filled a
