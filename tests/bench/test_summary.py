@@ -68,3 +68,26 @@ def test_which_backend_mqar_reads_the_fixed_width_and_marks_a_partial_lr_sweep(t
     rows = {ln.split(" | ")[0][2:]: ln for ln in md.splitlines() if ln.startswith("| ") and " | " in ln}
     assert "0.990 (64.0 KiB)" in rows["sa"] and "64.0 KiB (w64)" in rows["sa"]
     assert "0.770 (2.0 KiB; 1/3 lrs)" in rows["ea6"]
+
+
+def test_which_backend_reads_the_longer_vit_run_as_its_own_column(tmp_path):
+    """The 10-epoch ViT report is a second accuracy column headed with its epochs (a single
+    seed marked); time and memory come from the preset's report only."""
+    res = tmp_path / "results"
+    for folder, epochs, rows in [
+        ("vit_fmnist_cpu", 2, [{"backend": "sa", "test_acc_mean": 0.85, "test_acc_std": 0.001, "n_seeds": 3,
+                                "epoch_s": 30.0, "peak_memory_bytes": 2 ** 20}]),
+        ("vit_fmnist_cpu_10ep", 10, [{"backend": "sa", "test_acc_mean": 0.8871, "test_acc_std": None, "n_seeds": 1,
+                                      "epoch_s": 99.0},
+                                     {"backend": "ea6", "test_acc_mean": 0.8975, "test_acc_std": 0.002,
+                                      "n_seeds": 3}])]:
+        (res / folder).mkdir(parents=True)
+        (res / folder / "vit_fmnist.json").write_text(json.dumps({"config": {"epochs": epochs}, "results": rows}))
+    assert main(["which-backend", "--results", str(res), "--link-root", str(tmp_path)]) == 0
+    md = (res / "which_backend.md").read_text()
+    header = next(ln for ln in md.splitlines() if ln.startswith("| backend"))
+    assert "Fashion-MNIST ViT test acc, 2 epochs" in header and "Fashion-MNIST ViT test acc, 10 epochs" in header
+    rows = {ln.split(" | ")[0][2:]: ln for ln in md.splitlines() if ln.startswith("| ") and " | " in ln}
+    assert "[0.8871 (1 seed)](results/vit_fmnist_cpu_10ep/vit_fmnist.md)" in rows["sa"]
+    assert "**[0.8975 ± 0.0020](results/vit_fmnist_cpu_10ep/vit_fmnist.md)**" in rows["ea6"]
+    assert "[30.0](results/vit_fmnist_cpu/vit_fmnist.md)" in rows["sa"] and "99.0" not in md
