@@ -359,8 +359,8 @@ class _Block:
     def exact_rows(self):
         """num, den (U, C) of the unsafe chunks' rows, each at its own scale m: the gathered
         chunks as (U, C, 1) sequences continuing from their carried state, in sub-chunks of
-        C / 4 (each at its own scale, recursively), or pair by pair once C <= _PAIRWISE_MAX.
-        The work is O(C) per row instead of the pairwise O(C^2)."""
+        C / 4 (each at its own scale, recursively), or pair by pair once C <= _PAIRWISE_MAX:
+        a row then meets at most _PAIRWISE_MAX keys pair by pair instead of C."""
         if self.C <= _PAIRWISE_MAX:
             return self.fallback()
         num, den = _chunk_forward(*self._sub_args(), self.order, self.C // _SUB_SPLIT, row_sums=True)
@@ -409,9 +409,9 @@ class _SeqSum(torch.autograd.Function):
 
     Its backward is the sum's (the gradient broadcast over the summed dim). Autograd through
     the adds themselves would record one ``select`` per term, whose backward allocates and
-    zero-fills a tensor of x's full size each: O(C) full-size buffers for a (U, C, C) x, which
-    made the unsafe chunks' exact backward (:func:`_backward_block`) 60x slower than the rest
-    of the causal step at q, k scale 4 (``benchmarks/results/ea_series_speed_cpu_scale/``)."""
+    zero-fills a tensor of x's full size each: O(C) full-size buffers for a (U, C, C) x. In the
+    pairwise backward of the unsafe chunks (:func:`_backward_block`) that was about half of the
+    causal step's time at q, k scale 4 (profiled, 2026-12-04)."""
 
     @staticmethod
     def forward(x: torch.Tensor) -> torch.Tensor:

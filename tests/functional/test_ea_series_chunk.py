@@ -145,7 +145,7 @@ def test_unsafe_chunks_are_redone_in_sub_chunks_not_pairs(monkeypatch, chunk, dt
 def test_sequential_sum_backward_is_one_node():
     """The unsafe chunks' exact backward runs autograd through ``_seq_sum`` on (U, C, C)
     tensors. Recorded add by add, each term's ``select`` backward allocated and zero-filled a
-    full-size buffer (O(C) of them: the step at q, k scale 4 took 60x the scale-1 step); it is
+    full-size buffer (O(C) of them: about half of the step at q, k scale 4); it is
     one node whose backward broadcasts the gradient, and its forward is the sequential adds."""
     from ea_zoo.functional.ea_series_chunk import _seq_sum
 
